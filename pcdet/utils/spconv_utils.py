@@ -1,0 +1,42 @@
+"""The one import point for spconv.
+
+spconv's CPU wheel runs sparse-conv forward on CPU, but its backward asks ``torch.cuda.current_stream()`` for a
+stream handle (through ``get_current_stream`` imported by name into several spconv modules), which raises without
+CUDA. CPU kernels ignore the stream, so on a machine without CUDA we hand them the null stream (0). With CUDA
+available nothing is patched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import spconv
+import spconv.pytorch as spconv_pytorch
+
+_PATCHED_MODULES = ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash")
+
+
+def _null_stream() -> int:
+    return 0
+
+
+def _install_cpu_stream_shim() -> None:
+    import importlib
+
+    for name in _PATCHED_MODULES:
+        module = importlib.import_module(name)
+        if hasattr(module, "get_current_stream"):
+            module.get_current_stream = _null_stream
+
+
+if not torch.cuda.is_available():
+    _install_cpu_stream_shim()
+
+SPCONV_VERSION = tuple(int(p) for p in spconv.__version__.split(".")[:2])
+
+__all__ = ["spconv_pytorch", "SPCONV_VERSION", "replace_feature"]
+
+
+def replace_feature(sparse_tensor: spconv_pytorch.SparseConvTensor, new_features: torch.Tensor):
+    """Return the sparse tensor carrying ``new_features`` (spconv 2.x API)."""
+    return sparse_tensor.replace_feature(new_features)
