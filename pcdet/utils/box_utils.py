@@ -15,10 +15,13 @@ from . import common_utils
 
 # Corner order shared by every corner routine: bottom face 0-3 then top face 4-7, each face going
 # (+dx/2, +dy/2), (+dx/2, -dy/2), (-dx/2, -dy/2), (-dx/2, +dy/2) in the box frame.
-_UNIT_CORNERS = np.array(
-    [[1, 1, -1], [1, -1, -1], [-1, -1, -1], [-1, 1, -1], [1, 1, 1], [1, -1, 1], [-1, -1, 1], [-1, 1, 1]],
-    dtype=np.float32,
-) / 2.0
+_UNIT_CORNERS = (
+    np.array(
+        [[1, 1, -1], [1, -1, -1], [-1, -1, -1], [-1, 1, -1], [1, 1, 1], [1, -1, 1], [-1, -1, 1], [-1, 1, 1]],
+        dtype=np.float32,
+    )
+    / 2.0
+)
 
 
 def boxes_to_corners_3d(boxes3d):

@@ -8,10 +8,9 @@ available nothing is patched.
 
 from __future__ import annotations
 
-import torch
-
 import spconv
 import spconv.pytorch as spconv_pytorch
+import torch
 
 _PATCHED_MODULES = ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash")
 
