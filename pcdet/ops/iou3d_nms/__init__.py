@@ -1,0 +1,1 @@
+"""Rotated IoU (BEV / 3D) and NMS for LiDAR boxes, device-agnostic."""
