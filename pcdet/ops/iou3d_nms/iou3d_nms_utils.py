@@ -87,40 +87,68 @@ def _paired_bev_intersection(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> to
     return torch.where(nondegenerate & (count >= 3), area.clamp(min=0), 0.0)
 
 
+def _half_extents(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half sizes along x and y of each rotated box's axis-aligned bounding box."""
+    cos_h, sin_h = torch.cos(boxes[:, 6]).abs(), torch.sin(boxes[:, 6]).abs()
+    return (
+        0.5 * (boxes[:, 3] * cos_h + boxes[:, 4] * sin_h),
+        0.5 * (boxes[:, 3] * sin_h + boxes[:, 4] * cos_h),
+    )
+
+
 def _may_overlap_bev(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
-    """Cheap, conservative ``(N, M)`` mask: False only where two boxes certainly do not overlap in BEV.
+    """Cheap, conservative ``(N, M)`` mask: False only where the axis-aligned extents prove there is no overlap."""
+    hx_a, hy_a = _half_extents(boxes_a)
+    hx_b, hy_b = _half_extents(boxes_b)
+    near_x = (boxes_a[:, None, 0] - boxes_b[None, :, 0]).abs_() < hx_a[:, None] + hx_b[None, :]
+    near_y = (boxes_a[:, None, 1] - boxes_b[None, :, 1]).abs_() < hy_a[:, None] + hy_b[None, :]
+    return near_x.logical_and_(near_y)
 
-    Tests the circumscribed circles and the axis-aligned extents; either one separating the boxes is proof.
+
+def _intersection_upper_bound(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """Upper bound on the BEV intersection of row-aligned pairs, ~10× cheaper than clipping.
+
+    A ∩ B lies inside A ∩ (B's bounding box in A's frame), an aligned-rectangle overlap; likewise with the roles
+    swapped. The smaller of the two areas bounds the intersection from above.
     """
-    radius_a = 0.5 * torch.hypot(boxes_a[:, 3], boxes_a[:, 4])
-    radius_b = 0.5 * torch.hypot(boxes_b[:, 3], boxes_b[:, 4])
-    delta = boxes_a[:, None, 0:2] - boxes_b[None, :, 0:2]
-    near = (delta * delta).sum(dim=-1) < (radius_a[:, None] + radius_b[None, :]) ** 2
 
-    def half_extent(boxes: torch.Tensor) -> torch.Tensor:
-        cos_h, sin_h = torch.cos(boxes[:, 6]).abs(), torch.sin(boxes[:, 6]).abs()
-        hx = 0.5 * (boxes[:, 3] * cos_h + boxes[:, 4] * sin_h)
-        hy = 0.5 * (boxes[:, 3] * sin_h + boxes[:, 4] * cos_h)
-        return torch.stack((hx, hy), dim=-1)
+    def aligned_overlap(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        cos_f, sin_f = torch.cos(frame[:, 6]), torch.sin(frame[:, 6])
+        dx, dy = other[:, 0] - frame[:, 0], other[:, 1] - frame[:, 1]
+        cx, cy = dx * cos_f + dy * sin_f, -dx * sin_f + dy * cos_f
+        rel = other[:, 6] - frame[:, 6]
+        cos_r, sin_r = torch.cos(rel).abs(), torch.sin(rel).abs()
+        ex = 0.5 * (other[:, 3] * cos_r + other[:, 4] * sin_r)
+        ey = 0.5 * (other[:, 3] * sin_r + other[:, 4] * cos_r)
+        half_l, half_w = 0.5 * frame[:, 3], 0.5 * frame[:, 4]
+        ox = (torch.min(half_l, cx + ex) - torch.max(-half_l, cx - ex)).clamp(min=0)
+        oy = (torch.min(half_w, cy + ey) - torch.max(-half_w, cy - ey)).clamp(min=0)
+        return ox * oy
 
-    reach = half_extent(boxes_a)[:, None, :] + half_extent(boxes_b)[None, :, :]
-    return near & (delta.abs() < reach).all(dim=-1)
+    return torch.min(aligned_overlap(boxes_a, boxes_b), aligned_overlap(boxes_b, boxes_a))
+
+
+def _candidate_pairs(boxes_a: torch.Tensor, boxes_b: torch.Tensor):
+    """Yield ``(ia, ib)`` index chunks (at most ``_PAIR_CHUNK`` pairs) of the pairs that pass the prefilter."""
+    if boxes_a.shape[0] == 0 or boxes_b.shape[0] == 0:
+        return
+    rows_per_chunk = max(1, _MASK_CHUNK // boxes_b.shape[0])
+    for r0 in range(0, boxes_a.shape[0], rows_per_chunk):
+        ia, ib = torch.nonzero(_may_overlap_bev(boxes_a[r0 : r0 + rows_per_chunk], boxes_b), as_tuple=True)
+        for p0 in range(0, ia.shape[0], _PAIR_CHUNK):
+            yield r0 + ia[p0 : p0 + _PAIR_CHUNK], ib[p0 : p0 + _PAIR_CHUNK]
+
+
+def _iou_from_intersection(inter: torch.Tensor, area_a: torch.Tensor, area_b: torch.Tensor) -> torch.Tensor:
+    return inter / torch.clamp(area_a + area_b - inter, min=1e-8)
 
 
 def _overlap_bev_float64(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """Dense rotated BEV intersection areas ``(N, M)`` in float64; only prefiltered pairs are clipped."""
-    a = boxes_a[:, 0:7].double()
-    b = boxes_b[:, 0:7].double()
+    a, b = boxes_a[:, 0:7].double(), boxes_b[:, 0:7].double()
     out = a.new_zeros((a.shape[0], b.shape[0]))
-    if a.shape[0] == 0 or b.shape[0] == 0:
-        return out
-    rows_per_chunk = max(1, _MASK_CHUNK // b.shape[0])
-    for r0 in range(0, a.shape[0], rows_per_chunk):
-        a_rows = a[r0 : r0 + rows_per_chunk]
-        ia, ib = torch.nonzero(_may_overlap_bev(a_rows, b), as_tuple=True)
-        for p0 in range(0, ia.shape[0], _PAIR_CHUNK):
-            pa, pb = ia[p0 : p0 + _PAIR_CHUNK], ib[p0 : p0 + _PAIR_CHUNK]
-            out[r0 + pa, pb] = _paired_bev_intersection(a_rows[pa], b[pb])
+    for ia, ib in _candidate_pairs(a, b):
+        out[ia, ib] = _paired_bev_intersection(a[ia], b[ib])
     return out
 
 
@@ -128,7 +156,26 @@ def _bev_iou_float64(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tens
     inter = _overlap_bev_float64(boxes_a, boxes_b)
     area_a = boxes_a[:, 3].double() * boxes_a[:, 4].double()
     area_b = boxes_b[:, 3].double() * boxes_b[:, 4].double()
-    return inter / torch.clamp(area_a[:, None] + area_b[None, :] - inter, min=1e-8)
+    return _iou_from_intersection(inter, area_a[:, None], area_b[None, :])
+
+
+def _rotated_suppression(boxes_a: torch.Tensor, boxes_b: torch.Tensor, thresh: float) -> torch.Tensor:
+    """``(N, M)`` bool: rotated BEV IoU > ``thresh`` (same values as :func:`boxes_iou_bev`).
+
+    Pairs whose cheap IoU upper bound already fails the threshold are never clipped; at high thresholds this skips
+    most of the work in crowded scenes.
+    """
+    a, b = boxes_a[:, 0:7].double(), boxes_b[:, 0:7].double()
+    out = torch.zeros((a.shape[0], b.shape[0]), dtype=torch.bool, device=a.device)
+    for ia, ib in _candidate_pairs(a, b):
+        pa, pb = a[ia], b[ib]
+        area_a, area_b = pa[:, 3] * pa[:, 4], pb[:, 3] * pb[:, 4]
+        # The margin keeps the bound conservative under round-off; the exact IoU decides every close call.
+        plausible = _iou_from_intersection(_intersection_upper_bound(pa, pb), area_a, area_b) > thresh - 1e-9
+        ia, ib, pa, pb = ia[plausible], ib[plausible], pa[plausible], pb[plausible]
+        iou = _iou_from_intersection(_paired_bev_intersection(pa, pb), area_a[plausible], area_b[plausible])
+        out[ia, ib] = iou > thresh
+    return out
 
 
 def _out_dtype(boxes: torch.Tensor) -> torch.dtype:
@@ -178,12 +225,13 @@ def _greedy_in_order(suppresses: np.ndarray) -> np.ndarray:
     return np.asarray(kept, dtype=np.int64)
 
 
-def _blocked_greedy_nms(boxes: torch.Tensor, thresh: float, iou_fn) -> torch.Tensor:
+def _blocked_greedy_nms(boxes: torch.Tensor, thresh: float, suppression_fn) -> torch.Tensor:
     """Greedy NMS over boxes already sorted by score; returns kept positions (ascending).
 
     Works block by block: the still-alive boxes of a block are resolved among themselves exactly, then the block's
     survivors remove every later box they overlap by more than ``thresh``. IoUs are only ever computed against kept
-    boxes or within a block, so crowded scenes (most boxes suppressed early) cost little.
+    boxes or within a block, so crowded scenes (most boxes suppressed early) cost little. ``suppression_fn(a, b,
+    thresh)`` gives the ``(len(a), len(b))`` mask of IoU > ``thresh``.
     """
     n = boxes.shape[0]
     device = boxes.device
@@ -196,13 +244,13 @@ def _blocked_greedy_nms(boxes: torch.Tensor, thresh: float, iou_fn) -> torch.Ten
         if alive.numel() == 0:
             continue
         block = boxes[alive]
-        suppresses = torch.triu(iou_fn(block, block) > thresh, diagonal=1)
+        suppresses = torch.triu(suppression_fn(block, block, thresh), diagonal=1)
         kept_local = torch.from_numpy(_greedy_in_order(suppresses.cpu().numpy())).to(device)
         kept = alive[kept_local]
         kept_blocks.append(kept)
         later = positions[end:][~removed[end:]]
         if later.numel() > 0:
-            hit = (iou_fn(boxes[kept], boxes[later]) > thresh).any(dim=0)
+            hit = suppression_fn(boxes[kept], boxes[later], thresh).any(dim=0)
             removed[later[hit]] = True
     if not kept_blocks:
         return positions.new_zeros((0,))
@@ -225,20 +273,20 @@ def nms_gpu(
     into ``boxes`` in descending score order. ``kwargs`` absorbs the NMS config keys OpenPCDet passes along.
     """
     order = _sort_candidates(scores, pre_maxsize)
-    kept = _blocked_greedy_nms(boxes[order, 0:7], thresh, _bev_iou_float64)
+    kept = _blocked_greedy_nms(boxes[order, 0:7], thresh, _rotated_suppression)
     return order[kept].contiguous(), None
 
 
-def _aligned_iou_ignoring_heading(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+def _aligned_suppression_ignoring_heading(boxes_a: torch.Tensor, boxes_b: torch.Tensor, thresh: float) -> torch.Tensor:
     def corners(boxes: torch.Tensor) -> torch.Tensor:
         half = boxes[:, 3:5] / 2
         return torch.cat((boxes[:, 0:2] - half, boxes[:, 0:2] + half), dim=1)
 
-    return box_utils.boxes_iou_normal(corners(boxes_a.double()), corners(boxes_b.double()))
+    return box_utils.boxes_iou_normal(corners(boxes_a.double()), corners(boxes_b.double())) > thresh
 
 
 def nms_normal_gpu(boxes: torch.Tensor, scores: torch.Tensor, thresh: float, **kwargs) -> tuple[torch.Tensor, None]:
     """Greedy NMS on axis-aligned BEV boxes ``(x ± dx/2, y ± dy/2)`` — the heading is ignored, as OpenPCDet does."""
     order = _sort_candidates(scores, None)
-    kept = _blocked_greedy_nms(boxes[order, 0:7], thresh, _aligned_iou_ignoring_heading)
+    kept = _blocked_greedy_nms(boxes[order, 0:7], thresh, _aligned_suppression_ignoring_heading)
     return order[kept].contiguous(), None
