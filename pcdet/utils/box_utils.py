@@ -34,13 +34,18 @@ def boxes_to_corners_3d(boxes3d):
     return corners.numpy() if is_numpy else corners
 
 
-def mask_boxes_outside_range_numpy(boxes: np.ndarray, limit_range, min_num_corners: int = 1) -> np.ndarray:
-    """Keep boxes with at least ``min_num_corners`` BEV corners inside the range (centre test when that is 1)."""
+def mask_boxes_outside_range_numpy(
+    boxes: np.ndarray, limit_range, min_num_corners: int = 1, use_center_to_filter: bool = True
+) -> np.ndarray:
+    """Keep boxes whose centre is inside the 3D range (OpenPCDet's default), or, with ``use_center_to_filter=False``,
+    boxes with at least ``min_num_corners`` BEV corners inside the x/y range."""
     if boxes.shape[1] > 7:
         boxes = boxes[:, 0:7]
-    corners = boxes_to_corners_3d(boxes)
     limit = np.asarray(limit_range, dtype=np.float32)
-    inside = ((corners >= limit[0:3]) & (corners <= limit[3:6])).all(axis=2)
+    if use_center_to_filter:
+        return ((boxes[:, 0:3] >= limit[0:3]) & (boxes[:, 0:3] <= limit[3:6])).all(axis=1)
+    corners = boxes_to_corners_3d(boxes)[:, :, 0:2]
+    inside = ((corners >= limit[0:2]) & (corners <= limit[3:5])).all(axis=2)
     return inside.sum(axis=1) >= min_num_corners
 
 
