@@ -237,3 +237,13 @@ def test_axis_aligned_nms_ignores_heading(monkeypatch, thresh):
     spun = boxes.clone()
     spun[:, 6] = torch.rand(len(spun)) * 6
     assert iou_nms.nms_normal_gpu(spun, scores, thresh)[0].tolist() == keep.tolist()
+
+
+def test_nms_pruning_bound_never_undercuts_the_exact_intersection():
+    rng = np.random.default_rng(8)
+    a, b = _random_pairs(rng, 2000)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    exact = iou_nms._paired_bev_intersection(ta, tb)
+    bound = iou_nms._intersection_upper_bound(ta, tb)
+    assert (exact > 0).sum() > 1000
+    assert bool((bound >= exact - 1e-9).all())
