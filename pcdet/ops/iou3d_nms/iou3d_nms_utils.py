@@ -3,9 +3,9 @@
 Boxes are LiDAR boxes ``(x, y, z, dx, dy, dz, heading)`` (see :mod:`pcdet.utils.box_utils`). The rotated BEV
 intersection is exact: each rectangle is clipped against the four edges of the other (Sutherland–Hodgman) for all
 pairs at once, in float64, with a fixed vertex budget (a rectangle clipped four times has at most 8 vertices).
-Pairs whose bounding circles or axis-aligned extents cannot meet are never clipped, which is what keeps the dense
-``N × M`` IoU and NMS cheap on CPU. The ``_gpu`` / ``_cpu`` suffixes are OpenPCDet's names; every function here
-runs on whatever device its inputs live on.
+Pairs whose axis-aligned extents cannot meet are never clipped, and NMS also skips pairs whose cheap IoU upper
+bound fails its threshold: that is what keeps the dense ``N × M`` IoU and NMS cheap on CPU. The ``_gpu`` /
+``_cpu`` suffixes are OpenPCDet's names; every function here runs on whatever device its inputs live on.
 """
 
 from __future__ import annotations
