@@ -1,0 +1,7 @@
+"""3D backbones, by the NAME used in ``MODEL.BACKBONE_3D``."""
+
+from .spconv_backbone import VoxelBackBone8x
+
+__all__ = {
+    "VoxelBackBone8x": VoxelBackBone8x,
+}

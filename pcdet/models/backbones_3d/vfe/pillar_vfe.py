@@ -1,0 +1,109 @@
+"""PointPillars' pillar feature net: decorate each point of a pillar, then a PointNet (linear + BN + ReLU + max)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .vfe_template import VFETemplate
+
+
+class PFNLayer(nn.Module):
+    """Linear → (BatchNorm1d) → ReLU per point, then max over the points of a pillar.
+
+    A non-last layer outputs ``out_channels // 2`` per-point channels concatenated with the pillar max (so the next
+    layer sees both); the last layer outputs the max only, ``(V, 1, out_channels)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, use_norm: bool = True, last_layer: bool = False):
+        super().__init__()
+        self.last_vfe = last_layer
+        self.use_norm = use_norm
+        if not last_layer:
+            out_channels = out_channels // 2
+        if use_norm:
+            self.linear = nn.Linear(in_channels, out_channels, bias=False)
+            self.norm = nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.01)
+        else:
+            self.linear = nn.Linear(in_channels, out_channels, bias=True)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = self.linear(inputs)
+        if self.use_norm:
+            # BatchNorm1d normalises dim 1: move channels there (statistics over pillars and slots, padding included).
+            x = self.norm(x.permute(0, 2, 1)).permute(0, 2, 1)
+        x = F.relu(x)
+        x_max = torch.max(x, dim=1, keepdim=True)[0]
+        if self.last_vfe:
+            return x_max
+        return torch.cat([x, x_max.expand(-1, inputs.shape[1], -1)], dim=2)
+
+
+def get_paddings_indicator(actual_num: torch.Tensor, max_num: int) -> torch.Tensor:
+    """``(V, max_num)`` bool: True for the slots that hold a real point (the first ``actual_num`` of each row)."""
+    return torch.arange(max_num, device=actual_num.device)[None, :] < actual_num.view(-1, 1)
+
+
+class PillarVFE(VFETemplate):
+    """Config keys: ``USE_NORM``, ``WITH_DISTANCE``, ``USE_ABSLOTE_XYZ`` (OpenPCDet's spelling), ``NUM_FILTERS``."""
+
+    def __init__(self, model_cfg, num_point_features: int, voxel_size, point_cloud_range, **kwargs):
+        super().__init__(model_cfg=model_cfg)
+        self.use_norm = model_cfg.USE_NORM
+        self.with_distance = model_cfg.WITH_DISTANCE
+        self.use_absolute_xyz = model_cfg.USE_ABSLOTE_XYZ
+        # Decoration adds offsets to the pillar mean and to the pillar centre (3 + 3); without absolute xyz the
+        # raw x, y, z are dropped again (hence only + 3 net).
+        num_point_features += 6 if self.use_absolute_xyz else 3
+        if self.with_distance:
+            num_point_features += 1
+
+        self.num_filters = list(model_cfg.NUM_FILTERS)
+        assert len(self.num_filters) > 0, "PillarVFE needs at least one entry in NUM_FILTERS"
+        channels = [num_point_features] + self.num_filters
+        self.pfn_layers = nn.ModuleList(
+            [
+                PFNLayer(channels[i], channels[i + 1], self.use_norm, last_layer=(i == len(channels) - 2))
+                for i in range(len(channels) - 1)
+            ]
+        )
+        self.voxel_x, self.voxel_y, self.voxel_z = (float(v) for v in voxel_size[:3])
+        self.x_offset = self.voxel_x / 2 + float(point_cloud_range[0])
+        self.y_offset = self.voxel_y / 2 + float(point_cloud_range[1])
+        self.z_offset = self.voxel_z / 2 + float(point_cloud_range[2])
+
+    def get_output_feature_dim(self) -> int:
+        return self.num_filters[-1]
+
+    def decorate(self, voxels: torch.Tensor, voxel_num_points: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Per-point input of the PFN ``(V, P, C')``: raw features, offset to the points' mean, offset to the
+        pillar centre (+ distance to the origin); padded slots are zero."""
+        xyz = voxels[:, :, :3]
+        points_mean = xyz.sum(dim=1, keepdim=True) / voxel_num_points.type_as(voxels).view(-1, 1, 1)
+        f_cluster = xyz - points_mean
+        # coords are (batch, z, y, x); centre = index * size + size / 2 + range min, per axis.
+        f_center = torch.stack(
+            [
+                xyz[:, :, 0] - (coords[:, 3].to(voxels.dtype).unsqueeze(1) * self.voxel_x + self.x_offset),
+                xyz[:, :, 1] - (coords[:, 2].to(voxels.dtype).unsqueeze(1) * self.voxel_y + self.y_offset),
+                xyz[:, :, 2] - (coords[:, 1].to(voxels.dtype).unsqueeze(1) * self.voxel_z + self.z_offset),
+            ],
+            dim=-1,
+        )
+        raw = voxels if self.use_absolute_xyz else voxels[:, :, 3:]
+        features = [raw, f_cluster, f_center]
+        if self.with_distance:
+            features.append(torch.linalg.vector_norm(xyz, ord=2, dim=2, keepdim=True))
+        features = torch.cat(features, dim=-1)
+        # The offsets above are non-zero in the padded slots too: zero them after decoration.
+        mask = get_paddings_indicator(voxel_num_points, features.shape[1]).unsqueeze(-1).type_as(features)
+        return features * mask
+
+    def forward(self, batch_dict: dict, **kwargs) -> dict:
+        """``voxels (V, P, C)``, ``voxel_num_points (V)``, ``voxel_coords (V, 4)`` → ``pillar_features (V, F)``."""
+        features = self.decorate(batch_dict["voxels"], batch_dict["voxel_num_points"], batch_dict["voxel_coords"])
+        for pfn in self.pfn_layers:
+            features = pfn(features)
+        batch_dict["pillar_features"] = features.squeeze(1)
+        return batch_dict

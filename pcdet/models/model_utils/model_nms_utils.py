@@ -1,0 +1,55 @@
+"""Score filtering + NMS used by every detector's post-processing (OpenPCDet's ``model_nms_utils`` interface)."""
+
+from __future__ import annotations
+
+import torch
+
+from ...ops.iou3d_nms import iou3d_nms_utils
+
+# NMS_TYPE (config value) -> NMS function; each returns (kept indices in descending score order, scores or None).
+NMS_FUNCTIONS = {
+    "nms_gpu": iou3d_nms_utils.nms_gpu,
+    "nms_normal_gpu": iou3d_nms_utils.nms_normal_gpu,
+}
+
+
+def _nms_top_k(scores: torch.Tensor, boxes: torch.Tensor, nms_config) -> torch.Tensor:
+    """Indices into ``scores`` of the boxes kept by NMS among the ``NMS_PRE_MAXSIZE`` best, at most ``POST_MAXSIZE``."""
+    if scores.shape[0] == 0:
+        return scores.new_zeros((0,), dtype=torch.long)
+    if nms_config.NMS_TYPE not in NMS_FUNCTIONS:
+        raise KeyError(f"unknown NMS_TYPE {nms_config.NMS_TYPE!r}; available: {sorted(NMS_FUNCTIONS)}")
+    top_scores, order = torch.topk(scores, k=min(nms_config.NMS_PRE_MAXSIZE, scores.shape[0]))
+    keep, _ = NMS_FUNCTIONS[nms_config.NMS_TYPE](boxes[order][:, 0:7], top_scores, nms_config.NMS_THRESH)
+    return order[keep[: nms_config.NMS_POST_MAXSIZE]]
+
+
+def class_agnostic_nms(
+    box_scores: torch.Tensor, box_preds: torch.Tensor, nms_config, score_thresh: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One NMS over all boxes regardless of class. Returns ``(selected indices into box_scores, their scores)``."""
+    candidates = torch.arange(box_scores.shape[0], device=box_scores.device)
+    if score_thresh is not None:
+        candidates = candidates[box_scores >= score_thresh]
+    selected = candidates[_nms_top_k(box_scores[candidates], box_preds[candidates], nms_config)]
+    return selected, box_scores[selected]
+
+
+def multi_classes_nms(
+    cls_scores: torch.Tensor, box_preds: torch.Tensor, nms_config, score_thresh: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A separate NMS per class column of ``cls_scores (N, C)``.
+
+    Returns ``(scores, labels, boxes)`` of the kept boxes, class by class; labels are 0-based column indices.
+    """
+    scores, labels, boxes = [], [], []
+    for k in range(cls_scores.shape[1]):
+        class_scores = cls_scores[:, k]
+        candidates = torch.arange(class_scores.shape[0], device=class_scores.device)
+        if score_thresh is not None:
+            candidates = candidates[class_scores >= score_thresh]
+        selected = candidates[_nms_top_k(class_scores[candidates], box_preds[candidates], nms_config)]
+        scores.append(class_scores[selected])
+        labels.append(torch.full_like(selected, k))
+        boxes.append(box_preds[selected])
+    return torch.cat(scores, dim=0), torch.cat(labels, dim=0), torch.cat(boxes, dim=0)
