@@ -537,7 +537,7 @@ def build_scene(rng: np.random.Generator) -> Scene:
         b.vehicle(x, y, rng.uniform(-math.pi, math.pi), _vehicle_dims(rng, van), van)
 
     # 4) pedestrians: on the sidewalks (often in small groups), some crossing
-    lam_ped = {"city": 4.5, "residential": 2.8, "road": 0.6}[road.kind]
+    lam_ped = {"city": 6.0, "residential": 4.0, "road": 1.0}[road.kind]
     for _ in range(rng.poisson(lam_ped)):
         side = 1.0 if rng.random() < 0.5 else -1.0
         kerb = road.u_left if side > 0 else road.u_right
@@ -608,7 +608,7 @@ def _add_furniture(b: SceneBuilder, road: RoadLayout, rng, s_min: float, s_max: 
                     b.end_object("lamp_arm", start, ax, ay, pose[2], 2.5, 0.24, height, phi + math.pi / 2)
                 s += spacing
         # trees along the sidewalk
-        tree_p = {"city": 0.35, "residential": 0.7, "road": 0.8}[road.kind]
+        tree_p = {"city": 0.55, "residential": 0.75, "road": 0.85}[road.kind]
         if rng.random() < tree_p:
             s = rng.uniform(s_min, s_min + 15)
             while s < s_max:
@@ -654,7 +654,7 @@ def _add_furniture(b: SceneBuilder, road: RoadLayout, rng, s_min: float, s_max: 
                     b.bicycle(b.pose(x, y, yaw), 1.7, 0.55, 1.1, rider=False)
                     b.end_object("parked_bicycle", start, x, y, b.pose(x, y, yaw)[2], 1.7, 0.55, 1.1, yaw)
         # car-sized clutter: containers, trailers, large bushes
-        for _ in range(rng.poisson(0.35)):
+        for _ in range(rng.poisson(0.35 if road.kind == "city" else 1.2)):
             x, y = road.to_world(rng.uniform(-30, 80), kerb + side * (walk + rng.uniform(1.0, 6.0)))
             if rng.random() < 0.5:
                 b.clutter_box(
@@ -695,6 +695,6 @@ def _tree(b: SceneBuilder, rng, x, y) -> None:
     pose = b.pose(x, y, rng.uniform(-math.pi, math.pi))
     b.part(CYLINDER, pose, 0.0, 0.0, -0.3, trunk_h, trunk_r, trunk_r, "vegetation", rng.uniform(0.3, 0.5))
     rh, rz = rng.uniform(1.2, 3.0), rng.uniform(1.5, 3.5)
-    cz = max(trunk_h + 0.5 * rz, 2.4 + rz)
+    cz = max(trunk_h + 0.5 * rz, 2.8 + rz)  # crowns stay above the tallest vans
     b.part(ELLIPSOID, pose, 0.0, 0.0, cz - rz, cz + rz, rh, rh * rng.uniform(0.75, 1.0), "vegetation")
     b.end_object("tree", start, x, y, pose[2], 2 * rh, 2 * rh, cz + rz, pose[3])

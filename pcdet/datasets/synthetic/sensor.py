@@ -57,7 +57,7 @@ def _finish_scan(dirs, t, hit, cos_inc, prims, mat_dropout, road, rand, min_rang
             drop = base_dropout
             if k == -2:
                 refl = _ground_reflectivity(dx * r, dy * r, road, 0.85 + 0.3 * rand[i, 0])
-                drop += min(max((r - 45.0) / 60.0, 0.0), 0.85)  # grazing ground returns fade out
+                drop += min(max((r - 50.0) / 70.0, 0.0), 0.85)  # grazing ground returns fade out
                 o = -1
             else:
                 refl = prims[k, 11]
