@@ -374,7 +374,9 @@ def _info_worker(sample_idx: str, has_label: bool, count_inside_pts: bool) -> di
 def create_kitti_infos(dataset_cfg, class_names, data_path, save_path, workers: int = 4) -> None:
     """Write ``kitti_infos_{train,val,trainval,test}.pkl`` and the train gt database under ``save_path``."""
     data_path, save_path = Path(data_path), Path(save_path)
-    dataset = KittiDataset(dataset_cfg=dataset_cfg, class_names=class_names, root_path=data_path, training=False)
+    creation_cfg = copy.deepcopy(dataset_cfg)
+    creation_cfg.INFO_PATH = {"train": [], "test": []}  # the infos are being made: don't try to load old ones
+    dataset = KittiDataset(dataset_cfg=creation_cfg, class_names=class_names, root_path=data_path, training=False)
     splits = {}
     for split in ("train", "val"):
         dataset.set_split(split)
