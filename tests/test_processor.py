@@ -189,3 +189,18 @@ def test_collate_batch_pads_boxes_and_prefixes_batch_index():
     assert batch["calib"] == ["calib-a", "calib-b"]
     assert list(batch["frame_id"]) == ["000001", "000002"]
     assert batch["image_shape"].shape == (2, 2)
+
+
+def test_distributed_sampler_pads_ranks_equally_and_keeps_order_in_eval():
+    from pcdet.datasets import DistributedSampler
+
+    data = list(range(5))
+    ranks = [list(DistributedSampler(data, num_replicas=2, rank=r, shuffle=False)) for r in range(2)]
+    assert ranks == [[0, 2, 4], [1, 3, 0]]  # padded by wrapping around; interleaving restores 0..4
+    tiny = [list(DistributedSampler([7], num_replicas=3, rank=r, shuffle=False)) for r in range(3)]
+    assert tiny == [[0], [0], [0]]
+    shuffled = [DistributedSampler(list(range(10)), num_replicas=2, rank=r, shuffle=True) for r in range(2)]
+    for s in shuffled:
+        s.set_epoch(3)
+    together = sorted(list(shuffled[0]) + list(shuffled[1]))
+    assert together == list(range(10))  # same permutation on every rank: a partition of the data
