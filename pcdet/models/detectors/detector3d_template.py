@@ -58,7 +58,7 @@ def _sparse_conv_weight_keys(model: nn.Module) -> set[str]:
     return {
         f"{name}.weight" if name else "weight"
         for name, module in model.named_modules()
-        if isinstance(module, spconv.SparseConvolution)
+        if isinstance(module, spconv.conv.SparseConvolution)
     }
 
 
