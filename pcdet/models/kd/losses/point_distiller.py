@@ -1,0 +1,278 @@
+"""PointDistiller (Zhang, Dong, Tai, Ma — CVPR 2023): local distillation on a kNN graph + reweighted learning.
+
+Definition. Pick N query nodes by a teacher-side importance s; give each its K nearest neighbours among the candidate
+nodes in the TEACHER's feature space; the student reuses those indices. Edge (i, j) carries concat(f_j, f_i)
+("identity") or concat(f_i - f_j, f_i) ("sub"); each side's edge tensor (2C, N, K) goes through its own adapter
+(1×1 conv → BN → ReLU) to a common width A; optionally max-pooled over K. Loss: mean over all outputs of
+φ_i · (γ_T − γ_S)², φ = N · softmax(s / τ) over the queries (reweighted learning, RL) or φ = 1; or, in the "norm"
+form, sqrt(Σ φ_i (γ_T − γ_S)²) (the official setting without RL, weight 5e-4).
+
+Computation. The conv on a concatenation is a sum of two projections, W [f_j; f_i] = W_a f_j + W_b f_i, so every node
+is projected once to A channels and only A-wide values are gathered (never the (N, K, 2C) edge tensor). The BN batch
+statistics over the N·K edges follow from per-node sums (how often a node is a neighbour, and the sum of each
+query's neighbour projections via ``embedding_bag``), and BN folds into the projections, so the edge output is
+relu(a'_i + b'_j). Edges of queries whose weight φ_i is exactly zero (most of them at τ = 0.01 on point counts)
+contribute exactly nothing to the loss or its gradient and are never formed; they still count in the BN
+statistics and the mean. The result equals the naive definition up to float rounding (tests/test_kd_losses.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..adapters import Adapter, batch_norm_stats_update
+from ..errors import KDConfigError
+from ..knn import knn_indices
+from .base import KDBatch, KDLoss, get_feature, matched_voxel_rows
+
+# (first-half weight W_a, second-half weight W_b) of the edge conv → (weight on the centre f_i, on the neighbour f_j).
+EDGE_MODES = {
+    "identity": lambda w_a, w_b: (w_b, w_a),  # concat(f_j, f_i)
+    "sub": lambda w_a, w_b: (w_a + w_b, -w_a),  # concat(f_i - f_j, f_i) = W_a f_i - W_a f_j + W_b f_i
+}
+
+NORMALIZERS = {
+    "none": lambda s: s,
+    "max": lambda s: s / s.abs().max().clamp_min(1e-12),
+    "zscore": lambda s: (s - s.mean()) / s.std(unbiased=False).clamp_min(1e-12),
+}
+
+
+def _point_counts(teacher: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+    if counts is None:
+        raise KDConfigError("PointDistiller: IMPORTANCE voxel_num_points needs voxel-level features")
+    return counts.float()
+
+
+# Teacher-side importance of each node: (teacher node features, voxel point counts or None) → (M,) scores.
+IMPORTANCE_SIGNALS = {
+    "voxel_num_points": _point_counts,
+    "feature_max": lambda teacher, counts: teacher.max(dim=1).values,
+    "random": lambda teacher, counts: torch.rand(teacher.shape[0], device=teacher.device),
+}
+
+
+def _map_nodes(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B·H·W, C), cells of sample 0 first."""
+    return feature_map.flatten(2).transpose(1, 2).flatten(0, 1)
+
+
+@dataclass
+class Graph:
+    """Query nodes, their neighbours (indices into the node list) and their loss weights φ."""
+
+    queries: torch.Tensor  # (N,)
+    neighbours: torch.Tensor  # (N, K)
+    weights: torch.Tensor  # (N,)
+
+
+def build_graph(
+    teacher_nodes: torch.Tensor,
+    node_batch: torch.Tensor,
+    scores: torch.Tensor,
+    num_nodes: int,
+    k: int,
+    per_sample: bool,
+    candidates_all: bool,
+    tau: float | None,
+    normalize: str = "none",
+    max_chunk_bytes: int = 64 * 2**20,
+) -> Graph:
+    """Select queries by ``scores`` (highest first, ties by node order) and connect each to its ``k`` nearest
+    candidates in teacher feature space.
+
+    ``per_sample``: one graph per sample (``num_nodes`` queries each, neighbours from the same sample); otherwise one
+    graph over the whole batch (samples mixed, as the official PointPillars code). ``candidates_all``: neighbours
+    among all nodes of the graph, else among its queries. ``k`` shrinks to the smallest graph's candidate count.
+    ``tau``: RL temperature, φ = n · softmax(normalize(s) / τ) per graph; None: φ = 1.
+    """
+    if per_sample:
+        groups = [torch.nonzero(node_batch == b).squeeze(1) for b in torch.unique(node_batch).tolist()]
+    else:
+        groups = [torch.arange(teacher_nodes.shape[0], device=teacher_nodes.device)]
+    groups = [g for g in groups if g.numel() > 0]
+    if not groups:
+        raise KDConfigError("PointDistiller: the batch has no nodes to distil")
+    queries, candidates = [], []
+    for nodes in groups:
+        order = torch.sort(scores[nodes], descending=True, stable=True).indices[:num_nodes]
+        queries.append(nodes[order])
+        candidates.append(nodes if candidates_all else nodes[order])
+    k = min(k, *(c.numel() for c in candidates))
+    neighbours, weights = [], []
+    teacher_nodes = teacher_nodes.detach()
+    for q, c in zip(queries, candidates):
+        local = knn_indices(teacher_nodes[q], teacher_nodes[c], k, max_chunk_bytes=max_chunk_bytes)
+        neighbours.append(c[local])
+        if tau is None:
+            weights.append(torch.ones(q.numel(), device=teacher_nodes.device))
+        else:
+            s = NORMALIZERS[normalize](scores[q].float())
+            weights.append(q.numel() * torch.softmax(s / tau, dim=0))
+    return Graph(torch.cat(queries), torch.cat(neighbours), torch.cat(weights))
+
+
+def folded_projections(
+    adapter: Adapter, nodes: torch.Tensor, graph: Graph, edge: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a', b')`` with relu(a'_i + b'_j) = adapter(edge feature of query i and neighbour j), BN included.
+
+    a' is (N, A) for the queries, b' is (M, A) for all nodes. In training the BN uses (and advances its running
+    statistics with) the statistics over all N·K edges, as it would on the materialised (A, N, K) tensor.
+    """
+    conv, bn = adapter.conv, adapter.bn
+    channels = nodes.shape[1]
+    weight = conv.weight.view(conv.out_channels, 2 * channels)
+    w_centre, w_neighbour = EDGE_MODES[edge](weight[:, :channels], weight[:, channels:])
+    a = nodes[graph.queries] @ w_centre.t()
+    b = nodes @ w_neighbour.t()
+    if bn.training:
+        num_queries, k = graph.neighbours.shape
+        count = num_queries * k
+        # Σ_edges (a_i + b_j) and Σ_edges (a_i + b_j)², from node sums; float64 keeps E[x²] - E[x]² accurate.
+        a64, b64 = a.double(), b.double()
+        uses = torch.bincount(graph.neighbours.reshape(-1), minlength=nodes.shape[0]).to(b64.dtype)
+        neighbour_sum = F.embedding_bag(graph.neighbours, b64, mode="sum")  # (N, A): Σ_k b_j per query
+        total = k * a64.sum(0) + uses @ b64
+        total_sq = k * a64.pow(2).sum(0) + 2 * (a64 * neighbour_sum).sum(0) + uses @ b64.pow(2)
+        mean = total / count
+        var = (total_sq / count - mean.pow(2)).clamp_min(0)
+        batch_norm_stats_update(bn, mean.detach(), var.detach(), count)
+        mean, var = mean.to(a.dtype), var.to(a.dtype)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    return a * scale + (bn.bias - mean * scale), b * scale
+
+
+def edge_responses(a: torch.Tensor, b: torch.Tensor, neighbours: torch.Tensor, pool: str) -> torch.Tensor:
+    """Adapter outputs for the given queries: (R, K, A) without pooling, (R, A) max-pooled over K.
+
+    max_k relu(a_i + b_j) = relu(a_i + max_k b_j) (relu is monotone), so pooling needs no edge tensor either.
+    """
+    if pool == "max":
+        return F.relu(a + F.embedding_bag(neighbours, b, mode="max"))
+    return F.relu(a.unsqueeze(1) + b[neighbours])
+
+
+def point_distiller_loss(
+    teacher_nodes: torch.Tensor,
+    student_nodes: torch.Tensor,
+    graph: Graph,
+    teacher_adapter: Adapter,
+    student_adapter: Adapter,
+    edge: str = "identity",
+    pool: str = "none",
+    form: str = "mse",
+) -> torch.Tensor:
+    """The PointDistiller loss for node features ``(M, C_t)`` / ``(M, C_s)`` (row m is the same node on both sides).
+
+    ``form`` "mse": Σ φ_i (γ_T − γ_S)² / (number of outputs); "norm": sqrt(Σ φ_i (γ_T − γ_S)²).
+    """
+    a_t, b_t = folded_projections(teacher_adapter, teacher_nodes.detach(), graph, edge)
+    a_s, b_s = folded_projections(student_adapter, student_nodes, graph, edge)
+    num_queries, k = graph.neighbours.shape
+    outputs = num_queries * a_t.shape[1] * (1 if pool == "max" else k)
+    rows = torch.nonzero(graph.weights > 0).squeeze(1)
+    neighbours = graph.neighbours[rows]
+    diff = edge_responses(a_t[rows], b_t, neighbours, pool) - edge_responses(a_s[rows], b_s, neighbours, pool)
+    weights = graph.weights[rows].view(-1, *([1] * (diff.dim() - 1)))
+    if form == "norm":
+        return torch.linalg.vector_norm(diff * weights.sqrt())
+    return (weights * diff.pow(2)).sum() / outputs
+
+
+class PointDistiller(KDLoss):
+    """Registry entry ``PointDistiller``: reads voxel-level ``(V, C)`` (e.g. ``pillar_features``) or BEV
+    ``(B, C, H, W)`` features of both models. Options (defaults = the paper's PointPillars setting): see OPTIONS."""
+
+    OPTIONS = {
+        "NUM_NODES": 6000,
+        "K": 128,
+        "ADAPTER_CHANNELS": 32,
+        "EDGE": "identity",
+        "POOL": "none",
+        "IMPORTANCE": "voxel_num_points",
+        "GRAPH": "batch",
+        "CANDIDATES": "all",
+        "RL": True,
+        "TAU": 0.01,
+        "NORMALIZE": "none",
+        "LOSS_FORM": "mse",
+        "KNN_CHUNK_MB": 64,
+    }
+    CHOICES = {
+        "EDGE": tuple(EDGE_MODES),
+        "POOL": ("none", "max"),
+        "IMPORTANCE": tuple(IMPORTANCE_SIGNALS),
+        "GRAPH": ("batch", "sample"),
+        "CANDIDATES": ("all", "queries"),
+        "NORMALIZE": tuple(NORMALIZERS),
+        "LOSS_FORM": ("mse", "norm"),
+    }
+
+    def __init__(self, loss_cfg: dict, student_model: nn.Module, teacher_model: nn.Module):
+        super().__init__(loss_cfg, student_model, teacher_model)
+        if self.opts["RL"] and self.opts["IMPORTANCE"] == "random":
+            raise KDConfigError("PointDistiller: RL weights queries by their importance; IMPORTANCE random has none")
+        width = int(self.opts["ADAPTER_CHANNELS"])
+        self.teacher_adapter = Adapter(2 * self.channels(teacher_model, "teacher"), width)
+        self.student_adapter = Adapter(2 * self.channels(student_model, "student"), width)
+
+    def _nodes(self, batch: KDBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(teacher nodes, student nodes, node batch index, voxel point counts or None), rows aligned."""
+        student, teacher = self.features(batch)
+        if teacher.dim() == 4:
+            if student.dim() != 4 or student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
+                raise KDConfigError(
+                    f"PointDistiller: BEV maps must share (B, H, W): student {tuple(student.shape)}, "
+                    f"teacher {tuple(teacher.shape)}"
+                )
+            bsz, _, height, width = teacher.shape
+            node_batch = torch.arange(bsz, device=teacher.device).repeat_interleave(height * width)
+            return _map_nodes(teacher), _map_nodes(student), node_batch, None
+        coords = get_feature(batch.teacher, "voxel_coords", "teacher")
+        counts = get_feature(batch.teacher, "voxel_num_points", "teacher")
+        if teacher.dim() != 2 or teacher.shape[0] != coords.shape[0]:
+            raise KDConfigError(
+                f"PointDistiller: teacher '{self.teacher_key}' {tuple(teacher.shape)} is neither a (V, C) voxel "
+                f"feature aligned with voxel_coords {tuple(coords.shape)} nor a (B, C, H, W) map"
+            )
+        rows = matched_voxel_rows(batch, student.shape[0], teacher.shape[0], "PointDistiller")
+        if rows is None:
+            return teacher, student, coords[:, 0].long(), counts
+        teacher_rows, student_rows = rows
+        return teacher[teacher_rows], student[student_rows], coords[teacher_rows, 0].long(), counts[teacher_rows]
+
+    def forward(self, batch: KDBatch) -> torch.Tensor:
+        teacher, student, node_batch, counts = self._nodes(batch)
+        scores = IMPORTANCE_SIGNALS[self.opts["IMPORTANCE"]](teacher.detach(), counts)
+        graph = build_graph(
+            teacher,
+            node_batch,
+            scores,
+            num_nodes=int(self.opts["NUM_NODES"]),
+            k=int(self.opts["K"]),
+            per_sample=self.opts["GRAPH"] == "sample",
+            candidates_all=self.opts["CANDIDATES"] == "all",
+            tau=float(self.opts["TAU"]) if self.opts["RL"] else None,
+            normalize=self.opts["NORMALIZE"],
+            max_chunk_bytes=int(self.opts["KNN_CHUNK_MB"] * 2**20),
+        )
+        self.shapes["teacher nodes"] = tuple(teacher.shape)
+        self.shapes["student nodes"] = tuple(student.shape)
+        self.shapes["edges (N, K, A)"] = (*graph.neighbours.shape, self.student_adapter.out_channels)
+        return point_distiller_loss(
+            teacher,
+            student,
+            graph,
+            self.teacher_adapter,
+            self.student_adapter,
+            edge=self.opts["EDGE"],
+            pool=self.opts["POOL"],
+            form=self.opts["LOSS_FORM"],
+        )
