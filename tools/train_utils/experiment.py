@@ -1,0 +1,38 @@
+"""What train.py, test.py and demo.py share: loading the experiment config and laying out its output directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from easydict import EasyDict
+
+from pcdet.config import cfg_from_list, cfg_from_yaml_file
+
+
+def exp_group_path(cfg_file: str | os.PathLike) -> str:
+    """The config's directory below ``cfgs/`` (``cfgs/kitti_models/x.yaml`` → ``kitti_models``).
+
+    A config outside any ``cfgs/`` directory is grouped by the name of the directory that holds it.
+    """
+    parts = Path(os.path.abspath(cfg_file)).parts[:-1]
+    if "cfgs" in parts:
+        last = len(parts) - 1 - parts[::-1].index("cfgs")
+        return "/".join(parts[last + 1 :])
+    return parts[-1] if parts else ""
+
+
+def load_experiment_config(cfg_file: str, set_cfgs: list[str] | None, config: EasyDict) -> EasyDict:
+    """Load ``cfg_file`` into ``config``, name the experiment (``TAG``, ``EXP_GROUP_PATH``), apply ``--set``."""
+    cfg_from_yaml_file(cfg_file, config)
+    config.TAG = Path(cfg_file).stem
+    config.EXP_GROUP_PATH = exp_group_path(cfg_file)
+    if set_cfgs:
+        cfg_from_list(set_cfgs, config)
+    return config
+
+
+def experiment_output_dir(config: EasyDict, extra_tag: str, output_root: str | os.PathLike | None = None) -> Path:
+    """``<output_root>/<EXP_GROUP_PATH>/<TAG>/<extra_tag>``, with ``output_root`` defaulting to ``ROOT_DIR/output``."""
+    root = Path(output_root) if output_root is not None else Path(config.ROOT_DIR) / "output"
+    return root / config.EXP_GROUP_PATH / config.TAG / extra_tag
