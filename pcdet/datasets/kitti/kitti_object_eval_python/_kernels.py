@@ -101,24 +101,31 @@ def _frame_stats(
     nd: int,
     base: int,
     ov: np.ndarray,
-    c0: int,
-    c1: int,
-    cbase: int,
-    dc_ov: np.ndarray,
     ign_gt: np.ndarray,
     ign_dt: np.ndarray,
     score: np.ndarray,
     gt_alpha: np.ndarray,
     dt_alpha: np.ndarray,
-    min_overlap: float,
     thresh: float,
     compute_aos: bool,
+    cand: np.ndarray,
+    n_cand: int,
+    match_ptr: np.ndarray,
+    match_idx: np.ndarray,
+    dc_ptr: np.ndarray,
+    dc_idx: np.ndarray,
+    n_dc: int,
     assigned: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Second pass for one frame at one score threshold: out = (tp, fp, fn, orientation similarity sum)."""
-    for k in range(nd):
-        assigned[k] = False
+    """Second pass for one frame at one score threshold: out = (tp, fp, fn, orientation similarity sum).
+
+    ``match_idx[match_ptr[k]:match_ptr[k + 1]]``: the frame-local detections (ascending, i.e. the devkit's scan order)
+    that overlap ground truth ``g0 + k`` above the threshold and are not of another class; ``dc_idx``/``dc_ptr`` the
+    same for the DontCare regions (counted detections only); ``cand[:n_cand]``: every not-other-class detection.
+    """
+    for c in range(n_cand):
+        assigned[cand[c]] = False
     tp = 0
     fp = 0
     fn = 0
@@ -130,13 +137,12 @@ def _frame_stats(
         max_ov = 0.0
         assigned_ignored = False
         row = base + (i - g0) * nd
-        for jj in range(nd):
+        for k in range(match_ptr[i - g0], match_ptr[i - g0 + 1]):
+            jj = match_idx[k]
             j = d0 + jj
-            if ign_dt[j] == -1 or assigned[jj] or score[j] < thresh:
+            if assigned[jj] or score[j] < thresh:
                 continue
             o = ov[row + jj]
-            if not o > min_overlap:  # written so that a NaN overlap never matches, as in the devkit
-                continue
             if ign_dt[j] == 0 and (o > max_ov or assigned_ignored):
                 # greatest overlap wins; a counted detection replaces an ignored (too small) one
                 max_ov = o
@@ -155,21 +161,20 @@ def _frame_stats(
             if compute_aos:
                 sim += (1.0 + math.cos(gt_alpha[i] - dt_alpha[det_idx])) / 2.0
             assigned[det_idx - d0] = True
-    for jj in range(nd):
+    for c in range(n_cand):
+        jj = cand[c]
         j = d0 + jj
         if not (assigned[jj] or ign_dt[j] != 0 or score[j] < thresh):
             fp += 1
     # unassigned detections inside DontCare regions are not false positives
     nstuff = 0
-    for c in range(c0, c1):
-        crow = cbase + (c - c0) * nd
-        for jj in range(nd):
-            j = d0 + jj
-            if assigned[jj] or ign_dt[j] != 0 or score[j] < thresh:
+    for c in range(n_dc):
+        for k in range(dc_ptr[c], dc_ptr[c + 1]):
+            jj = dc_idx[k]
+            if assigned[jj] or score[d0 + jj] < thresh:
                 continue
-            if dc_ov[crow + jj] > min_overlap:
-                assigned[jj] = True
-                nstuff += 1
+            assigned[jj] = True
+            nstuff += 1
     out[0] = tp
     out[1] = fp - nstuff
     out[2] = fn
@@ -193,40 +198,74 @@ def pr_counts(
     min_overlap: float,
     thresholds: np.ndarray,
     compute_aos: bool,
+    match_idx: np.ndarray,
+    match_ptr: np.ndarray,
+    dc_idx: np.ndarray,
+    dc_ptr: np.ndarray,
+    cand: np.ndarray,
     assigned: np.ndarray,
     cur: np.ndarray,
     tot: np.ndarray,
 ) -> None:
     """Adds to ``tot`` (T, 4) the totals of tp, fp, fn, similarity over all frames for each (descending) score
-    threshold. ``assigned``: bool scratch as in :func:`tp_scores`; ``cur``: (4,) scratch.
+    threshold. Scratch (sized by the caller from the largest frame): int64 ``match_idx``/``dc_idx`` (pairs),
+    ``match_ptr``/``dc_ptr`` (objects + 1), ``cand`` (detections); bool ``assigned`` (detections); ``cur`` (4,).
 
-    A frame's statistics only change when the set of detections above the threshold changes; the sets are nested,
-    so their size identifies them and unchanged frames reuse the previous threshold's numbers.
+    Per frame, the pairs above the overlap threshold are listed once (most pairs don't overlap at all), then each
+    threshold only walks those lists. A frame's statistics only change when the set of detections above the score
+    threshold changes; the sets are nested, so their size identifies them and unchanged frames reuse the previous
+    threshold's numbers.
     """
     nt = thresholds.shape[0]
-    for f in range(gt_off.shape[0] - 1):
+    nf = gt_off.shape[0] - 1
+    for f in range(nf):
         g0 = gt_off[f]
         g1 = gt_off[f + 1]
         d0 = dt_off[f]
         nd = dt_off[f + 1] - d0
-        relevant = False
+        base = pair_off[f]
+        n_cand = 0
+        n_counted = 0
+        for jj in range(nd):
+            if ign_dt[d0 + jj] != -1:
+                cand[n_cand] = jj
+                n_cand += 1
+                if ign_dt[d0 + jj] == 0:
+                    n_counted += 1
+        n_rel = 0
+        m = 0
         for i in range(g0, g1):
-            if ign_gt[i] != -1:
-                relevant = True
-                break
-        if not relevant:
-            for j in range(d0, d0 + nd):
-                if ign_dt[j] == 0:
-                    relevant = True
-                    break
-        if not relevant:
-            continue
+            match_ptr[i - g0] = m
+            if ign_gt[i] == -1:
+                continue
+            n_rel += 1
+            row = base + (i - g0) * nd
+            for c in range(n_cand):
+                jj = cand[c]
+                if ov[row + jj] > min_overlap:
+                    match_idx[m] = jj
+                    m += 1
+        match_ptr[g1 - g0] = m
+        if n_rel == 0 and n_counted == 0:
+            continue  # nothing of this class here: no TP, FP or FN at any threshold
+        c0 = dc_off[f]
+        n_dc = dc_off[f + 1] - c0
+        cbase = dc_pair_off[f]
+        m = 0
+        for c in range(n_dc):
+            dc_ptr[c] = m
+            for k in range(n_cand):
+                jj = cand[k]
+                if ign_dt[d0 + jj] == 0 and dc_ov[cbase + c * nd + jj] > min_overlap:
+                    dc_idx[m] = jj
+                    m += 1
+        dc_ptr[n_dc] = m
         prev_active = -1
         for t in range(nt):
             th = thresholds[t]
             active = 0
-            for j in range(d0, d0 + nd):
-                if ign_dt[j] != -1 and score[j] >= th:
+            for c in range(n_cand):
+                if score[d0 + cand[c]] >= th:
                     active += 1
             if active != prev_active:
                 _frame_stats(
@@ -234,20 +273,22 @@ def pr_counts(
                     g1,
                     d0,
                     nd,
-                    pair_off[f],
+                    base,
                     ov,
-                    dc_off[f],
-                    dc_off[f + 1],
-                    dc_pair_off[f],
-                    dc_ov,
                     ign_gt,
                     ign_dt,
                     score,
                     gt_alpha,
                     dt_alpha,
-                    min_overlap,
                     th,
                     compute_aos,
+                    cand,
+                    n_cand,
+                    match_ptr,
+                    match_idx,
+                    dc_ptr,
+                    dc_idx,
+                    n_dc,
                     assigned,
                     cur,
                 )

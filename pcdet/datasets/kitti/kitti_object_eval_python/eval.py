@@ -251,6 +251,11 @@ def _curve(p: _Prepared, metric: str, cls: int, diff: int, min_overlap: float) -
     thresholds = thresholds[: K.recall_thresholds(v, n_gt, thresholds)][: K.N_SAMPLE_PTS]
     aos_on = p.compute_aos and metric == "bbox"
     tot = np.zeros((len(thresholds), 4))
+    # scratch for the per-frame match lists, sized from the largest frame
+    max_pairs = int(max(np.diff(pair).max(initial=0), np.diff(dc_pair).max(initial=0))) + 1
+    max_n = int(
+        max(np.diff(p.gt_off).max(initial=0), np.diff(p.dt_off).max(initial=0), np.diff(p.dc_off).max(initial=0))
+    )
     K.pr_counts(
         p.gt_off,
         p.dt_off,
@@ -267,6 +272,11 @@ def _curve(p: _Prepared, metric: str, cls: int, diff: int, min_overlap: float) -
         float(min_overlap),
         np.ascontiguousarray(thresholds),
         aos_on,
+        np.empty(max_pairs, dtype=np.int64),
+        np.empty(max_n + 2, dtype=np.int64),
+        np.empty(max_pairs, dtype=np.int64),
+        np.empty(max_n + 2, dtype=np.int64),
+        np.empty(max_n + 1, dtype=np.int64),
         assigned,
         np.zeros(4),
         tot,
