@@ -63,8 +63,8 @@ def _sparse_conv_weight_keys(model: nn.Module) -> set[str]:
 
 
 def adapt_spconv_weights(model: nn.Module, state_dict: dict) -> dict:
-    """Convert sparse-conv weights of other spconv layouts to ours ``(out, kD, kH, kW, in)``: spconv 1.x saved
-    ``(kD, kH, kW, in, out)``, some 2.x builds ``(out, kD, kH, kW, in)`` with in/out swapped. Other keys untouched."""
+    """Sparse-conv weights saved as ``(kD, kH, kW, in, out)`` (spconv 1.x, and 2.x's native algorithm) are permuted
+    to the implicit-GEMM layout ``(out, kD, kH, kW, in)`` our model uses; every other entry is left as it is."""
     keys = _sparse_conv_weight_keys(model)
     if not keys:
         return state_dict
@@ -72,12 +72,8 @@ def adapt_spconv_weights(model: nn.Module, state_dict: dict) -> dict:
     adapted = dict(state_dict)
     for key in keys & set(state_dict):
         val, want = state_dict[key], model_state[key].shape
-        if val.shape == want or val.dim() != 5:
-            continue
-        for candidate in (val.transpose(-1, -2), val.permute(4, 0, 1, 2, 3)):
-            if candidate.shape == want:
-                adapted[key] = candidate.contiguous()
-                break
+        if val.shape != want and val.dim() == 5 and val.permute(4, 0, 1, 2, 3).shape == want:
+            adapted[key] = val.permute(4, 0, 1, 2, 3).contiguous()
     return adapted
 
 
@@ -293,7 +289,7 @@ class Detector3DTemplate(nn.Module):
 
     @staticmethod
     def generate_recall_record(
-        box_preds: torch.Tensor, recall_dict: dict, batch_index: int, data_dict: dict = None, thresh_list=None
+        box_preds: torch.Tensor, recall_dict: dict, batch_index: int, data_dict: dict | None = None, thresh_list=None
     ) -> dict:
         """Accumulate ``gt`` (number of gt boxes) and, per threshold, ``rcnn_<t>`` / ``roi_<t>``: gt boxes whose
         best 3D IoU with a prediction (an RoI) exceeds ``t``."""
@@ -310,13 +306,11 @@ class Detector3DTemplate(nn.Module):
         real_rows = torch.nonzero(gt_boxes.sum(dim=1) != 0)
         cur_gt = gt_boxes[: int(real_rows.max()) + 1] if real_rows.numel() > 0 else gt_boxes[:0]
         if cur_gt.shape[0] > 0:
-            if box_preds.shape[0] > 0:
-                iou3d_rcnn = iou3d_nms_utils.boxes_iou3d_gpu(box_preds[:, 0:7], cur_gt[:, 0:7])
-            else:
-                iou3d_rcnn = torch.zeros((0, cur_gt.shape[0]), device=cur_gt.device)
+            has_preds = box_preds.shape[0] > 0
+            iou3d_rcnn = iou3d_nms_utils.boxes_iou3d_gpu(box_preds[:, 0:7], cur_gt[:, 0:7]) if has_preds else None
             iou3d_roi = iou3d_nms_utils.boxes_iou3d_gpu(rois[:, 0:7], cur_gt[:, 0:7]) if rois is not None else None
             for thresh in thresh_list:
-                if iou3d_rcnn.shape[0] > 0:
+                if iou3d_rcnn is not None:
                     recall_dict[f"rcnn_{thresh}"] += int((iou3d_rcnn.max(dim=0)[0] > thresh).sum().item())
                 if iou3d_roi is not None:
                     recall_dict[f"roi_{thresh}"] += int((iou3d_roi.max(dim=0)[0] > thresh).sum().item())
