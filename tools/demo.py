@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
             pred = {key: val.cpu().numpy() for key, val in pred_dicts[0].items()}
             keep = pred["pred_scores"] >= (args.score_thresh if args.score_thresh is not None else -np.inf)
             gt_boxes = find_ground_truth(frame, label_path, logger)
+            summary = f"{frame.name}: {int(keep.sum())} predictions" + (
+                "" if gt_boxes is None else f", {len(gt_boxes)} ground-truth boxes"
+            )
             fig = render_bev(
                 read_points(frame),
                 pred_boxes=pred["pred_boxes"][keep],
@@ -121,11 +124,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 gt_boxes=gt_boxes,
                 class_names=cfg.CLASS_NAMES,
                 point_cloud_range=cfg.DATA_CONFIG.POINT_CLOUD_RANGE,
-                title=f"{frame.name}: {int(keep.sum())} predictions"
-                + ("" if gt_boxes is None else f", {len(gt_boxes)} ground-truth boxes"),
+                title=summary,
             )
             out = save_bev(fig, Path(args.out_dir) / f"{frame.stem}.png")
-            logger.info(f"{frame.name}: {int(keep.sum())} boxes -> {out}")
+            logger.info(f"{summary} -> {out}")
             written.append(out)
     logger.info("Demo done.")
     return written

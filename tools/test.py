@@ -28,7 +28,7 @@ from pcdet.models import build_network, default_device
 from pcdet.utils import common_utils
 
 
-def parse_config(argv: list[str] | None = None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a 3D detector (OpenPCDet-compatible)")
     parser.add_argument("--cfg_file", type=str, required=True, help="experiment config")
     parser.add_argument("--batch_size", type=int, default=None, help="total batch size over all processes")
@@ -50,6 +50,11 @@ def parse_config(argv: list[str] | None = None):
         "--output_root", type=str, default=None, help="replaces <repo>/output as the root of the output layout"
     )
     parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.eval_all and args.ckpt is None:
         parser.error("--ckpt is required unless --eval_all is given")

@@ -40,7 +40,7 @@ from pcdet.utils import common_utils
 SEED = 666
 
 
-def parse_config(argv: list[str] | None = None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a 3D detector (OpenPCDet-compatible)")
     parser.add_argument("--cfg_file", type=str, required=True, help="experiment config")
     parser.add_argument("--batch_size", type=int, default=None, help="total batch size over all processes")
@@ -71,6 +71,11 @@ def parse_config(argv: list[str] | None = None):
         "--output_root", type=str, default=None, help="replaces <repo>/output as the root of the output layout"
     )
     parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     load_experiment_config(args.cfg_file, args.set_cfgs, cfg)
     return args, cfg
