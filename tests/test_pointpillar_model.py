@@ -15,6 +15,7 @@ from easydict import EasyDict
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.models import build_network, load_data_to_gpu, model_fn_decorator
+from pcdet.models.backbones_2d.base_bev_backbone import BaseBEVBackbone
 from pcdet.models.backbones_2d.map_to_bev.pointpillar_scatter import PointPillarScatter
 from pcdet.models.backbones_3d.vfe.pillar_vfe import PillarVFE
 from pcdet.models.detectors import StateDictMismatchError, load_state_dict_strict
@@ -260,6 +261,36 @@ def test_scatter_equals_naive_loop():
     # A sample without pillars still gets its (empty) map.
     out = scatter({"pillar_features": features[:1], "voxel_coords": coords[:1] * 0, "batch_size": 2})
     assert out["spatial_features"].shape == (2, 5, ny, nx) and out["spatial_features"][1].abs().sum() == 0
+
+
+def test_bev_backbone_layers_and_upsampling():
+    cfg = EasyDict(LAYER_NUMS=[1, 1], LAYER_STRIDES=[2, 2], NUM_FILTERS=[4, 6], UPSAMPLE_STRIDES=[0.5, 1],
+                   NUM_UPSAMPLE_FILTERS=[3])  # fmt: skip
+    with pytest.raises(ValueError, match="one entry per level"):
+        BaseBEVBackbone(cfg, input_channels=2)
+    cfg.NUM_UPSAMPLE_FILTERS = [3, 5]
+    net = BaseBEVBackbone(cfg, input_channels=2).eval()
+    # A stride < 1 downsamples with a strided conv; 1 stays a (1x1) transposed conv.
+    assert isinstance(net.deblocks[0][0], torch.nn.Conv2d) and net.deblocks[0][0].stride == (2, 2)
+    assert isinstance(net.deblocks[1][0], torch.nn.ConvTranspose2d)
+    x = torch.randn(1, 2, 16, 16)
+    out = net({"spatial_features": x})
+    assert out["spatial_features_2x"].shape == (1, 4, 8, 8) and out["spatial_features_4x"].shape == (1, 6, 4, 4)
+    assert out["spatial_features_2d"].shape == (1, 8, 4, 4) and net.num_bev_features == 8
+    # One stride more than levels: the concatenation is upsampled once more.
+    cfg.UPSAMPLE_STRIDES = [0.5, 1, 2]
+    assert BaseBEVBackbone(cfg, input_channels=2)({"spatial_features": x})["spatial_features_2d"].shape == (1, 8, 8, 8)
+    # Level 0 by hand: zero pad 1, unpadded strided 3x3 conv, BN (eps 1e-3), ReLU, then conv (pad 1), BN, ReLU.
+    block = net.blocks[0]
+
+    def bn_relu(y, bn):
+        return torch.relu(torch.nn.functional.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                                         eps=1e-3))  # fmt: skip
+
+    y = bn_relu(torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), block[1].weight, stride=2),
+                block[2])  # fmt: skip
+    y = bn_relu(torch.nn.functional.conv2d(y, block[4].weight, padding=1), block[5])
+    torch.testing.assert_close(out["spatial_features_2x"], y)
 
 
 # ------------------------------------------------------------------------------------ training on a tiny grid

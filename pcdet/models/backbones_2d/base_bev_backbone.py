@@ -28,8 +28,14 @@ class BaseBEVBackbone(nn.Module):
             raise ValueError("BaseBEVBackbone: LAYER_NUMS, LAYER_STRIDES and NUM_FILTERS need one entry per level")
         upsample_strides = list(model_cfg.get("UPSAMPLE_STRIDES", []))
         num_upsample_filters = list(model_cfg.get("NUM_UPSAMPLE_FILTERS", []))
-        if len(upsample_strides) != len(num_upsample_filters):
-            raise ValueError("BaseBEVBackbone: UPSAMPLE_STRIDES and NUM_UPSAMPLE_FILTERS differ in length")
+        num_levels = len(layer_nums)
+        if upsample_strides and (
+            len(num_upsample_filters) != num_levels or len(upsample_strides) not in (num_levels, num_levels + 1)
+        ):
+            raise ValueError(
+                "BaseBEVBackbone: NUM_UPSAMPLE_FILTERS needs one entry per level, UPSAMPLE_STRIDES one per level "
+                "(plus optionally one for the concatenated map)"
+            )
         use_conv_for_no_stride = model_cfg.get("USE_CONV_FOR_NO_STRIDE", False)
 
         c_in_list = [input_channels, *num_filters[:-1]]
