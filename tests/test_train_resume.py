@@ -1,6 +1,7 @@
 """Checkpointing and resuming in tools/train_utils: atomic saves, pruning, KD checkpoints, resume equivalence,
 and kill -9 of a real ``train.py`` followed by the same command."""
 
+import hashlib
 import logging
 import os
 import signal
@@ -390,3 +391,79 @@ def test_kill_9_during_training_then_same_command_resumes(tmp_path):
     assert final["optimizer_state"]["param_groups"] == final_ref["optimizer_state"]["param_groups"]
     for key, val in final_ref["model_state"].items():
         torch.testing.assert_close(final["model_state"][key], val, rtol=0, atol=0, msg=key)
+
+
+KD_STUDENT = """
+_BASE_CONFIG_: {teacher_cfg}
+MODEL:
+    VFE:
+        NUM_FILTERS: [8]
+    MAP_TO_BEV:
+        NUM_BEV_FEATURES: 8
+    BACKBONE_2D:
+        NUM_FILTERS: [8, 8, 8]
+        NUM_UPSAMPLE_FILTERS: [8, 8, 8]
+KD:
+    TEACHER:
+        CFG_FILE: {teacher_cfg}
+        CKPT: /nonexistent/overridden/by/teacher_ckpt.pth
+    LOSSES:
+        - NAME: PointDistiller
+          WEIGHT: 2.0
+          FEATURE: pillar_features
+          NUM_NODES: 64
+          K: 4
+          ADAPTER_CHANNELS: 8
+          EDGE: identity
+          POOL: none
+          IMPORTANCE: voxel_num_points
+          GRAPH: batch
+          CANDIDATES: all
+          RL: True
+          TAU: 0.01
+          NORMALIZE: none
+          LOSS_FORM: mse
+"""
+
+
+@pytest.mark.slow
+def test_kd_config_trains_resumes_and_saves_a_plain_student(tmp_path):
+    from train_utils.experiment import load_experiment_config
+
+    from pcdet.datasets import build_dataloader
+    from pcdet.models import build_network
+
+    teacher_cfg_file = write_tiny_config(tmp_path, epochs=2)
+    teacher_cfg = load_experiment_config(str(teacher_cfg_file), None, EasyDict({"ROOT_DIR": TOOLS.parent}))
+    dataset, _, _ = build_dataloader(teacher_cfg.DATA_CONFIG, teacher_cfg.CLASS_NAMES, 1, False, workers=0)
+    teacher = build_network(teacher_cfg.MODEL, 3, dataset)
+    teacher_ckpt = save_checkpoint(checkpoint_state(teacher, None, 2, 4), tmp_path / "teacher.pth")
+    kd_cfg = teacher_cfg_file.with_name("tiny_kd.yaml")
+    kd_cfg.write_text(KD_STUDENT.format(teacher_cfg=teacher_cfg_file))
+
+    def run(epochs):
+        cmd = [str(PYTHON), "train.py", "--cfg_file", str(kd_cfg), "--teacher_ckpt", str(teacher_ckpt),
+               "--workers", "0", "--epochs", str(epochs), "--output_root", str(tmp_path / "out"),
+               "--use_tqdm_to_record", "--logger_iter_interval", "1"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=TOOLS, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc.stderr
+
+    first = run(1)
+    assert "kd/loss_det=" in first and "kd/PointDistiller=" in first  # each term of the total is logged
+    teacher_sha = hashlib.sha256(teacher_ckpt.read_bytes()).hexdigest()
+    assert f"sha256 {teacher_sha}" in first  # the KD plan names the teacher
+    log_2 = run(2)
+    ckpt_dir = tmp_path / "out" / "tiny" / "tiny_kd" / "default" / "ckpt"
+    assert f"Resumed from {ckpt_dir / 'checkpoint_epoch_1.pth'} (epoch 1, iteration 2" in log_2
+    assert "Epoch 2 has been evaluated" in log_2  # post-training evaluation of the plain student
+    ckpt = safe_load(ckpt_dir / "checkpoint_epoch_2.pth")
+    assert ckpt["it"] == 4 and ckpt["kd_state"]["teacher_sha256"] == teacher_sha
+    student_cfg = load_experiment_config(str(kd_cfg), None, EasyDict({"ROOT_DIR": TOOLS.parent}))
+    student = build_network(student_cfg.MODEL, 3, dataset)  # no KD code involved
+    student.load_state_dict(ckpt["model_state"], strict=True)
+    first_ckpt = safe_load(ckpt_dir / "checkpoint_epoch_1.pth")
+    moved = [k for k, v in ckpt["kd_state"]["adapters"]["PointDistiller"].items()
+             if not torch.equal(v, first_ckpt["kd_state"]["adapters"]["PointDistiller"][k])]  # fmt: skip
+    assert moved  # the adapters kept training after the resume
