@@ -113,3 +113,34 @@ def _detections(anno: dict) -> np.ndarray:
     rows = np.column_stack([labels, anno["boxes_lidar"], anno["score"]]).astype(np.float64)
     order = np.lexsort(np.round(rows[:, ::-1], 2).T)
     return rows[order]
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "pytorch"])
+def test_launchers_form_a_gloo_group_from_their_environment(launcher):
+    """slurm: rank/size from SLURM_* variables; pytorch without torchrun's variables: a one-process group."""
+    script = (
+        f"import sys; sys.path.insert(0, {str(TOOLS)!r})\n"
+        "from train_utils.dist_launch import init_distributed\n"
+        "import torch.distributed as dist\n"
+        f"print(init_distributed({launcher!r}, int(sys.argv[1]), 0), dist.get_backend())\n"
+    )
+    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["MASTER_ADDR"] = "127.0.0.1"
+    if launcher == "slurm":
+        env.update(SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_LOCALID="0", SLURM_NODELIST="localhost")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([str(PYTHON), "-c", script, str(port)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["(True,", "1,", "0)", "gloo"]
+
+
+def test_slurm_without_its_variables_is_a_clear_error(monkeypatch):
+    from train_utils.dist_launch import init_distributed
+
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    with pytest.raises(RuntimeError, match="--launcher slurm needs SLURM_PROCID"):
+        init_distributed("slurm", 12345, 0)

@@ -357,6 +357,13 @@ def test_kill_9_during_training_then_same_command_resumes(tmp_path):
         _train_cmd(cfg_file, tmp_path / "ref", 3), cwd=TOOLS, env=env, capture_output=True, text=True, timeout=300
     )
     assert ref.returncode == 0, ref.stderr[-3000:]
+    from visual_utils.plot_curves import read_tensorboard_scalars
+
+    scalars = read_tensorboard_scalars(tmp_path / "ref" / "tiny" / "tiny_pp" / "default")
+    for tag in ("train/loss", "train/rpn_loss_cls", "train/rpn_loss_loc", "meta_data/learning_rate",
+                "meta_data/momentum", "meta_data/grad_norm"):  # fmt: skip
+        assert sorted(scalars[tag]) == list(range(1, 10)), tag  # 3 epochs x 3 iterations
+    assert scalars["meta_data/momentum"][1] == pytest.approx(0.95)
 
     out = tmp_path / "run"
     ckpt_dir = out / "tiny" / "tiny_pp" / "default" / "ckpt"
