@@ -227,3 +227,20 @@ def test_speed_recorded(dataset, record_property):
     _, fps = dataset
     record_property("synthetic_frames_per_s_single_worker", round(fps, 2))  # recorded, not asserted (shared CPUs)
     assert fps > 0
+
+
+def test_label_range_turns_unreachable_objects_into_dontcare():
+    full = generate_frame(7, 3, with_image=False)
+    label_range = (0.0, -10.0, 25.0, 10.0)
+    cropped = generate_frame(7, 3, with_image=False, label_range=label_range)
+    np.testing.assert_array_equal(full["points"], cropped["points"])  # only the labels change
+    inside = [
+        lb
+        for lb in full["labels"]
+        if label_range[0] <= lb["box_lidar"][0] <= label_range[2]
+        and label_range[1] <= lb["box_lidar"][1] <= label_range[3]
+    ]
+    assert 0 < len(inside) < len(full["labels"])
+    assert [lb["object_index"] for lb in cropped["labels"]] == [lb["object_index"] for lb in inside]
+    moved = len(full["labels"]) - len(inside)
+    assert len(cropped["dontcare"]) == len(full["dontcare"]) + moved

@@ -34,10 +34,10 @@ from .sensor import simulate_scan
 _SPEC = LidarSpec()
 
 
-def generate_frame(seed: int, idx: int, with_image: bool = True) -> dict:
+def generate_frame(seed: int, idx: int, with_image: bool = True, label_range: tuple | None = None) -> dict:
     """One frame: ``points`` (N, 4) float32, ``labels`` (list of dicts, see labels.build_labels), ``dontcare``,
     ``calib`` (dict of matrices), ``image`` (H, W, 3) uint8 or None, and the file texts ``label_text``,
-    ``calib_text``."""
+    ``calib_text``. ``label_range`` (x_min, y_min, x_max, y_max): see labels.build_labels."""
     base = np.random.default_rng([seed, idx])
     calib_rng, scene_rng, sensor_rng = base.spawn(3)  # independent streams: scene edits don't move the calib
     calib = sample_calib(calib_rng)
@@ -45,7 +45,7 @@ def generate_frame(seed: int, idx: int, with_image: bool = True) -> dict:
     scan = simulate_scan(scene, _SPEC, sensor_rng)
     counts = np.bincount(scan["object"][scan["object"] >= 0], minlength=len(scene.objects))
     bounds = angular_bounds(scene.prims)
-    labels, dontcare = build_labels(scene, calib, bounds, counts)
+    labels, dontcare = build_labels(scene, calib, bounds, counts, label_range)
     return {
         "frame_id": f"{idx:06d}",
         "points": scan["points"],
@@ -88,8 +88,8 @@ def _frame_summary(frame: dict) -> dict:
     }
 
 
-def write_frame(out_dir: Path, seed: int, idx: int) -> dict:
-    frame = generate_frame(seed, idx)
+def write_frame(out_dir: Path, seed: int, idx: int, label_range: tuple | None = None) -> dict:
+    frame = generate_frame(seed, idx, label_range=label_range)
     root = Path(out_dir) / "training"
     name = frame["frame_id"]
     frame["points"].astype(np.float32).tofile(root / "velodyne" / f"{name}.bin")
@@ -137,14 +137,15 @@ def generate_dataset(
     val_fraction: float = 0.5,
     workers: int = 1,
     progress: bool = True,
+    label_range: tuple | None = None,
 ) -> Path:
-    """Write a KITTI-layout data set to ``out_dir`` and return its path."""
+    """Write a KITTI-layout data set to ``out_dir`` and return its path (``label_range``: see build_labels)."""
     out = Path(out_dir)
     for sub in ("velodyne", "label_2", "calib", "image_2", "planes"):
         (out / "training" / sub).mkdir(parents=True, exist_ok=True)
     (out / "ImageSets").mkdir(parents=True, exist_ok=True)
 
-    tasks = [(out, seed, i) for i in range(num_frames)]
+    tasks = [(out, seed, i, label_range) for i in range(num_frames)]
     start = time.perf_counter()
     summaries: list[dict] = []
     try:
@@ -184,6 +185,7 @@ def generate_dataset(
         "seed": seed,
         "frames": num_frames,
         "val_fraction": val_fraction,
+        "label_range": list(label_range) if label_range is not None else None,
         "num_train": len(train),
         "num_val": len(val),
         "image_shape": list(IMAGE_SHAPE),
@@ -213,8 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val_fraction", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--label_range",
+        type=float,
+        nargs=4,
+        metavar=("X_MIN", "Y_MIN", "X_MAX", "Y_MAX"),
+        help="LiDAR BEV extent to label; objects outside become DontCare (match your detector's range)",
+    )
     args = parser.parse_args(argv)
-    generate_dataset(args.out, args.frames, args.seed, args.val_fraction, args.workers)
+    label_range = tuple(args.label_range) if args.label_range else None
+    generate_dataset(args.out, args.frames, args.seed, args.val_fraction, args.workers, label_range=label_range)
 
 
 if __name__ == "__main__":

@@ -107,8 +107,14 @@ def _visibility_rays(box_lidar: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(ee) * np.cos(aa), np.cos(ee) * np.sin(aa), np.sin(ee)], axis=-1)
 
 
-def build_labels(scene, calib: dict, bounds: tuple, point_counts: np.ndarray) -> tuple[list[dict], list[dict]]:
-    """Labels (list of dicts) for the labelled objects in the camera's view, plus DontCare regions."""
+def build_labels(
+    scene, calib: dict, bounds: tuple, point_counts: np.ndarray, label_range: tuple | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Labels (list of dicts) for the labelled objects in the camera's view, plus DontCare regions.
+
+    ``label_range`` = (x_min, y_min, x_max, y_max) in LiDAR BEV: objects whose centre lies outside become DontCare,
+    so a data set made for a detector with a smaller point-cloud range does not count unreachable objects as misses
+    (as KITTI's annotators marked far objects DontCare)."""
     from .scene import LABELLED_CLASSES
 
     candidates = []
@@ -145,7 +151,10 @@ def build_labels(scene, calib: dict, bounds: tuple, point_counts: np.ndarray) ->
         if frac < MIN_VISIBLE:
             continue
         height_px = bbox[3] - bbox[1]
-        if location[2] > DONTCARE_DEPTH or height_px < DONTCARE_HEIGHT_PX:
+        outside = label_range is not None and not (
+            label_range[0] <= obj.box[0] <= label_range[2] and label_range[1] <= obj.box[1] <= label_range[3]
+        )
+        if outside or location[2] > DONTCARE_DEPTH or height_px < DONTCARE_HEIGHT_PX:
             dontcare.append({"name": "DontCare", "bbox": np.round(bbox, 2)})
             continue
         occluded = 0 if frac >= 0.8 else (1 if frac >= 0.4 else 2)
