@@ -68,7 +68,7 @@ def tiny_dataset() -> Path:
 
         root = Path(tempfile.mkdtemp(prefix="pcdet_tiny_"))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
-        generate_dataset(root, 6, 0, 0.5, 1)
+        generate_dataset(root, num_frames=6, seed=0, val_fraction=0.5, workers=1, progress=False)
         dataset_cfg = cfg_from_yaml_file(TOOLS / "cfgs/dataset_configs/synthetic_kitti_dataset.yaml", EasyDict())
         create_kitti_infos(dataset_cfg, ["Car", "Pedestrian", "Cyclist"], data_path=root, save_path=root, workers=1)
         _DATA_DIR = root
