@@ -87,3 +87,14 @@ def test_openpcdet_reference_checkpoint_loads_safely():
     ckpt = safe_load(SHARED / "reference/openpcdet/pointpillar_random.pth")
     assert set(ckpt) >= {"model_state", "epoch", "it", "optimizer_state", "version"}
     assert ckpt["model_state"]["vfe.pfn_layers.0.linear.weight"].shape == (64, 10)
+
+
+def test_atomic_files_get_the_umask_mode_not_mkstemp_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_torch_save({"it": 1}, tmp_path / "a.pth")
+        atomic_write_bytes(b"x", tmp_path / "b.pkl")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.pkl").stat().st_mode & 0o777 == 0o644
