@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tcp_port", type=int, default=18888, help="rendezvous port when not set by torchrun")
     parser.add_argument("--sync_bn", action="store_true", default=False, help="SyncBatchNorm (CUDA)")
     parser.add_argument("--fix_random_seed", action="store_true", default=False)
+    parser.add_argument(
+        "--seed", type=int, default=SEED, help="base seed with --fix_random_seed (OpenPCDet's 666); benchmarks vary it"
+    )
     parser.add_argument("--ckpt_save_interval", type=int, default=1, help="save a checkpoint every N epochs")
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=0)
     parser.add_argument("--max_ckpt_save_num", type=int, default=30, help="keep this many epoch checkpoints")
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_size //= world_size
     args.epochs = cfg.OPTIMIZATION.NUM_EPOCHS if args.epochs is None else args.epochs
     if args.fix_random_seed:
-        common_utils.set_random_seed(SEED + rank)
+        common_utils.set_random_seed(args.seed + rank)
 
     output_dir = experiment_output_dir(cfg, args.extra_tag, args.output_root)
     ckpt_dir = output_dir / "ckpt"
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         dist=dist_train,
         workers=args.workers,
-        seed=SEED if args.fix_random_seed else None,
+        seed=args.seed if args.fix_random_seed else None,
         logger=logger,
         training=True,
         merge_all_iters_to_one_epoch=args.merge_all_iters_to_one_epoch,
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         logger_iter_interval=args.logger_iter_interval,
         ckpt_save_time_interval=args.ckpt_save_time_interval,
         show_gpu_stat=not args.wo_gpu_stat,
-        epoch_seed=SEED + rank if args.fix_random_seed else None,
+        epoch_seed=args.seed + rank if args.fix_random_seed else None,
     )
     if tb_log is not None:
         tb_log.close()
