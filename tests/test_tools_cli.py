@@ -2,6 +2,7 @@
 demo.py pictures, BEV drawing and loss-curve plotting."""
 
 import importlib.util
+import json
 import os
 import pickle
 import subprocess
@@ -137,6 +138,9 @@ def test_test_py_on_a_checkpoint_writes_result_pkl_and_the_kitti_table(tiny_run)
     log = log_file.read_text()
     assert "Car AP@0.70, 0.70, 0.70:" in log and "Cyclist AP_R40@0.50, 0.25, 0.25:" in log
     assert "ms/frame" in log and "recall_roi_0.3:" in log
+    metrics = json.loads((eval_dir / "result_metrics.json").read_text())
+    assert 0.0 <= metrics["Car_3d/moderate_R40"] <= 100.0 and metrics["infer_time_ms"] > 0
+    assert f"{metrics['Car_3d/moderate_R40']:.4f}" in log  # the same number as the printed table
     txt_files = sorted((eval_dir / "final_result" / "data").glob("*.txt"))
     assert [p.stem for p in txt_files] == val_ids
     first = txt_files[0].read_text().splitlines()

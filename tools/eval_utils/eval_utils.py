@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ from tensorboardX import SummaryWriter
 
 from pcdet.models import load_data_to_gpu
 from pcdet.utils import common_utils
+from pcdet.utils.checkpoint_io import atomic_write_bytes
 
 _CKPT_RE = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
 
@@ -151,6 +153,9 @@ def eval_one_epoch(
     )
     logger.info(result_str)
     ret_dict.update(result_dict)
+    # Machine-readable copy of every metric (benchmarks and the main job read it instead of parsing the log).
+    metrics_json = json.dumps({k: float(v) for k, v in ret_dict.items() if isinstance(v, (int, float))}, indent=1)
+    atomic_write_bytes(metrics_json.encode(), result_dir / "result_metrics.json")
     logger.info(f"Result is saved to {result_dir}")
     logger.info("****************Evaluation done.*****************")
     return ret_dict
