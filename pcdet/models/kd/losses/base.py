@@ -122,9 +122,11 @@ class KDLoss(nn.Module):
         return student, teacher
 
     def describe(self) -> str:
-        keys = f"student '{self.student_key}' / teacher '{self.teacher_key}'" if self.USES_FEATURE else ""
-        opts = ", ".join(f"{k}={v}" for k, v in self.opts.items())
-        return f"{self.name} (weight {self.weight:g}) {keys} [{opts}]"
+        parts = [f"{self.name} (weight {self.weight:g})"]
+        if self.USES_FEATURE:
+            parts.append(f"student '{self.student_key}' / teacher '{self.teacher_key}'")
+        parts.append("[" + ", ".join(f"{k}={v}" for k, v in self.opts.items()) + "]")
+        return " ".join(parts)
 
     def forward(self, batch: KDBatch) -> torch.Tensor:
         raise NotImplementedError

@@ -133,14 +133,16 @@ def folded_projections(
     if bn.training:
         num_queries, k = graph.neighbours.shape
         count = num_queries * k
-        # Σ_edges (a_i + b_j) and Σ_edges (a_i + b_j)², from node sums; float64 keeps E[x²] - E[x]² accurate.
-        a64, b64 = a.double(), b.double()
-        uses = torch.bincount(graph.neighbours.reshape(-1), minlength=nodes.shape[0]).to(b64.dtype)
-        neighbour_sum = F.embedding_bag(graph.neighbours, b64, mode="sum")  # (N, A): Σ_k b_j per query
-        total = k * a64.sum(0) + uses @ b64
-        total_sq = k * a64.pow(2).sum(0) + 2 * (a64 * neighbour_sum).sum(0) + uses @ b64.pow(2)
-        mean = total / count
-        var = (total_sq / count - mean.pow(2)).clamp_min(0)
+        # Σ_edges (a_i + b_j) and Σ_edges (a_i + b_j)², from node sums; float64 keeps E[x²] - E[x]² accurate
+        # (and autocast off keeps it float64 under mixed precision).
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            a64, b64 = a.double(), b.double()
+            uses = torch.bincount(graph.neighbours.reshape(-1), minlength=nodes.shape[0]).to(b64.dtype)
+            neighbour_sum = F.embedding_bag(graph.neighbours, b64, mode="sum")  # (N, A): Σ_k b_j per query
+            total = k * a64.sum(0) + uses @ b64
+            total_sq = k * a64.pow(2).sum(0) + 2 * (a64 * neighbour_sum).sum(0) + uses @ b64.pow(2)
+            mean = total / count
+            var = (total_sq / count - mean.pow(2)).clamp_min(0)
         batch_norm_stats_update(bn, mean.detach(), var.detach(), count)
         mean, var = mean.to(a.dtype), var.to(a.dtype)
     else:
