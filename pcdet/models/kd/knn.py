@@ -31,12 +31,14 @@ def knn_indices(
         raise ValueError(f"k={k} must be in [1, {num_cand}] (the number of candidates)")
     queries = queries.detach()
     candidates = candidates.detach()
-    # ||q - c||^2 = ||q||^2 - 2 q.c + ||c||^2; ||q||^2 is constant per row and does not change the ranking.
-    cand_sq = candidates.pow(2).sum(1)
+    # ||q - c||^2 = ||q||^2 - 2 q.c + ||c||^2; ||q||^2 is constant per row and does not change the ranking. The
+    # rest is one matmul of [-2q, 1] with [c, ||c||^2] (a broadcast add would cost a pass over every block).
+    cand_aug = torch.cat([candidates, candidates.pow(2).sum(1, keepdim=True)], dim=1)
+    query_aug = torch.cat([-2.0 * queries, queries.new_ones(queries.shape[0], 1)], dim=1)
     # Each chunk holds its (rows, M) distance block plus top-k's scratch of the same size.
     rows = max(1, int(max_chunk_bytes // (2 * num_cand * queries.element_size())))
     out = torch.empty((queries.shape[0], k), dtype=torch.long, device=queries.device)
     for start in range(0, queries.shape[0], rows):
-        block = torch.addmm(cand_sq.unsqueeze(0), queries[start : start + rows], candidates.t(), alpha=-2.0)
+        block = query_aug[start : start + rows] @ cand_aug.t()
         out[start : start + rows] = block.topk(k, dim=1, largest=False, sorted=False).indices
     return out
