@@ -32,7 +32,9 @@ class PFNLayer(nn.Module):
         x = self.linear(inputs)
         if self.use_norm:
             # BatchNorm1d normalises dim 1: move channels there (statistics over pillars and slots, padding included).
-            x = self.norm(x.permute(0, 2, 1)).permute(0, 2, 1)
+            # Contiguous, because on CPU BatchNorm's kernels for a strided (permuted) view are ~3x slower, forward
+            # and backward; the result differs only in float32 summation order (~1e-6).
+            x = self.norm(x.permute(0, 2, 1).contiguous()).permute(0, 2, 1)
         x = F.relu(x)
         x_max = torch.max(x, dim=1, keepdim=True)[0]
         if self.last_vfe:
