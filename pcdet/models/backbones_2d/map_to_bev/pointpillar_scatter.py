@@ -19,10 +19,11 @@ class PointPillarScatter(nn.Module):
         coords = batch_dict["voxel_coords"].long()
         batch_size = int(batch_dict["batch_size"])
         cells = self.nz * self.ny * self.nx
-        # One flat canvas for the whole batch; within a sample the cell index is z + y * nx + x.
-        flat = coords[:, 0] * cells + coords[:, 1] + coords[:, 2] * self.nx + coords[:, 3]
-        canvas = features.new_zeros((batch_size * cells, features.shape[1]))
-        canvas = canvas.index_copy(0, flat, features)
-        spatial = canvas.view(batch_size, cells, -1).permute(0, 2, 1)
-        batch_dict["spatial_features"] = spatial.reshape(batch_size, -1, self.ny, self.nx).contiguous()
+        # Written straight into the (B, C, cells) layout: no transposed copy of the whole canvas, forward or
+        # backward (the canvas is most of the memory traffic here). Within a sample the cell index is
+        # z + y * nx + x; voxel coordinates are unique, so no cell is written twice.
+        cell = coords[:, 1] + coords[:, 2] * self.nx + coords[:, 3]
+        canvas = features.new_zeros((batch_size, features.shape[1], cells))
+        canvas[coords[:, 0], :, cell] = features
+        batch_dict["spatial_features"] = canvas.view(batch_size, -1, self.ny, self.nx)
         return batch_dict
