@@ -341,7 +341,8 @@ def test_kd_configs_pair_up_and_build(tmp_path):
     for name in names:
         cfg = _load(name)
         synthetic = name.endswith("_synthetic")
-        student_cfg = _load("pointpillar_4x_synthetic" if synthetic else "pointpillar_4x")
+        width = "16x" if "_16x" in name else "4x"
+        student_cfg = _load(f"pointpillar_{width}_synthetic" if synthetic else f"pointpillar_{width}")
         assert cfg.MODEL == student_cfg.MODEL and cfg.DATA_CONFIG == student_cfg.DATA_CONFIG
         assert cfg.OPTIMIZATION == student_cfg.OPTIMIZATION
         teacher_name = "pointpillar_synthetic" if synthetic else "pointpillar"
@@ -349,10 +350,12 @@ def test_kd_configs_pair_up_and_build(tmp_path):
         epochs = _load(teacher_name).OPTIMIZATION.NUM_EPOCHS
         ckpt = f"../output/kitti_models/{teacher_name}/default/ckpt/checkpoint_epoch_{epochs}.pth"
         assert cfg.KD.TEACHER.CKPT == ckpt
+        kitti_twin = name.removesuffix("_synthetic")
         if synthetic:
             assert cfg.DATA_CONFIG == synthetic_teacher.DATA_CONFIG
-            assert cfg.OPTIMIZATION == synthetic_teacher.OPTIMIZATION
-            assert cfg.KD.LOSSES == _load(name.removesuffix("_synthetic")).KD.LOSSES
+            # Synthetic-only variants (ablations, option studies) have no KITTI twin; the rest match theirs.
+            if kitti_twin in names:
+                assert cfg.KD.LOSSES == _load(kitti_twin).KD.LOSSES
         else:
             assert f"{name}_synthetic" in names
         student = build_network(cfg.MODEL, 3, _dataset(cfg))
