@@ -19,8 +19,12 @@ _KEY_ALIASES = {
 }
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class CalibrationError(ValueError):
-    """A calibration file or dict that lacks a required matrix or holds one of the wrong size."""
+    """A calibration file or dict that lacks a required matrix, holds one of the wrong size, a non-finite number, or
+    a projection that cannot be inverted; or a file that is not text."""
 
 
 def get_calib_from_file(calib_file: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -31,15 +35,22 @@ def get_calib_from_file(calib_file: str | os.PathLike) -> dict[str, np.ndarray]:
     calib_file = Path(calib_file)
     if not calib_file.is_file():
         raise FileNotFoundError(f"calibration file not found: {calib_file}")
+    try:
+        text = calib_file.read_text()
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"{calib_file}: not a text file ({exc})") from exc
     out: dict[str, np.ndarray] = {}
-    for line in calib_file.read_text().splitlines():
+    for line in text.splitlines():
         if ":" not in line:
             continue
         name, values = line.split(":", 1)
         try:
-            numbers = np.array([float(v) for v in values.split()], dtype=np.float32)
+            numbers = np.array([float(v) for v in values.split()], dtype=np.float64)
         except ValueError as exc:
             raise CalibrationError(f"{calib_file}: non-numeric value in '{name.strip()}'") from exc
+        if not np.all(np.abs(numbers) <= _FLOAT32_MAX):
+            raise CalibrationError(f"{calib_file}: NaN, inf or out-of-range value in '{name.strip()}'")
+        numbers = numbers.astype(np.float32)
         if numbers.size == 12:
             numbers = numbers.reshape(3, 4)
         elif numbers.size == 9:
@@ -55,15 +66,22 @@ def get_calib_from_file(calib_file: str | os.PathLike) -> dict[str, np.ndarray]:
 def _pick(calib: dict, key: str, rows: int, cols: int, source: str) -> np.ndarray:
     for alias in _KEY_ALIASES[key]:
         if alias in calib:
-            mat = np.asarray(calib[alias], dtype=np.float64)
+            try:
+                mat = np.asarray(calib[alias], dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise CalibrationError(f"{source}: matrix '{key}' is not numeric ({exc})") from exc
             break
     else:
         raise CalibrationError(f"{source}: missing calibration matrix '{key}'")
     if mat.size == rows * cols:
-        return mat.reshape(rows, cols)
-    if mat.ndim == 2 and mat.shape[0] >= rows and mat.shape[1] >= cols:  # 4×4 homogeneous form (as in infos)
-        return mat[:rows, :cols]
-    raise CalibrationError(f"{source}: matrix '{key}' has shape {mat.shape}, expected {rows}×{cols}")
+        mat = mat.reshape(rows, cols)
+    elif mat.ndim == 2 and mat.shape[0] >= rows and mat.shape[1] >= cols:  # 4×4 homogeneous form (as in infos)
+        mat = mat[:rows, :cols]
+    else:
+        raise CalibrationError(f"{source}: matrix '{key}' has shape {mat.shape}, expected {rows}×{cols}")
+    if not np.all(np.abs(mat) <= _FLOAT32_MAX):
+        raise CalibrationError(f"{source}: matrix '{key}' holds NaN, inf or out-of-range values")
+    return mat
 
 
 class Calibration:
@@ -84,11 +102,18 @@ class Calibration:
         r0 = np.eye(4)
         r0[:3, :3] = self.R0
         self._lidar_to_rect = r0 @ v2c
+        # A singular (or numerically singular) transform cannot take points back from the camera to the LiDAR.
+        with np.errstate(all="ignore"):
+            cond = np.linalg.cond(self._lidar_to_rect)
+        if not cond < 1e12:
+            raise CalibrationError(f"{source}: R0_rect · Tr_velo_to_cam is singular, not a rigid transform")
         self._rect_to_lidar = np.linalg.inv(self._lidar_to_rect)
 
         # Intrinsics of P2 = [[fu, 0, cu, -fu*bx], [0, fv, cv, -fv*by], [0, 0, 1, bz]].
         self.cu, self.cv = self.P2[0, 2], self.P2[1, 2]
         self.fu, self.fv = self.P2[0, 0], self.P2[1, 1]
+        if self.fu == 0 or self.fv == 0:
+            raise CalibrationError(f"{source}: P2 has a zero focal length (fu={self.fu}, fv={self.fv})")
         self.tx = self.P2[0, 3] / (-self.fu)
         self.ty = self.P2[1, 3] / (-self.fv)
 

@@ -2,12 +2,17 @@
 
 Loading always uses ``torch.load(weights_only=True)``; the only extra types accepted are the numpy scalar/array
 types OpenPCDet pickles into ``optimizer_state`` (e.g. Adam betas as numpy float64). Anything else in the pickle
-(a class, a function call) is refused before it can run.
+(a class, a function call) is refused before it can run. Plain pickles (info, dbinfo and result ``.pkl`` files) go
+through :func:`safe_pickle_load`, which resolves only numpy array/scalar/dtype reconstruction and a few built-in
+containers.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
+import importlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,60 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                 "Only load checkpoints from sources you trust, and re-save them as plain state dicts."
             ) from exc
         raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupt ({reason})") from exc
+
+
+# (module, name) pairs a data pickle may reference: numpy arrays, scalars and dtypes (numpy 1.x spells the modules
+# numpy.core.*, numpy 2 numpy._core.*; both are accepted), data-only built-ins, and the codec that protocol-2 pickles
+# use for bytes. numpy.dtypes.*DType classes are matched by name below.
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+    ("_codecs", "encode"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles spell modules the Python 2 way (__builtin__, copy_reg): map them as pickle itself does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        canonical = module.replace("numpy.core.", "numpy._core.", 1) if module.startswith("numpy.core.") else module
+        if (canonical, name) not in _PICKLE_ALLOWED and not (canonical == "numpy.dtypes" and name.endswith("DType")):
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which is not plain data")
+        for candidate in (canonical, canonical.replace("numpy._core.", "numpy.core.", 1)):
+            try:  # numpy >= 2 has numpy._core, numpy 1.x only numpy.core
+                return getattr(importlib.import_module(candidate), name)
+            except (ImportError, AttributeError):
+                continue
+        raise pickle.UnpicklingError(f"cannot resolve {module}.{name} in this numpy version")
+
+
+def safe_pickle_load(path: str | os.PathLike) -> Any:
+    """Load an info/dbinfo/result ``.pkl`` without running code: only numpy arrays, scalars and dtypes and plain
+    containers are rebuilt. Raises ``CheckpointError`` naming the file for anything else and for truncated files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pickle file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return _DataUnpickler(f).load()
+    except Exception as exc:  # a damaged pickle can fail in many ways (EOFError, ValueError, KeyError, ...)
+        if isinstance(exc, pickle.UnpicklingError) and "not plain data" in str(exc):
+            raise CheckpointError(f"refusing to load {path}: {exc}. Only load files from sources you trust.") from exc
+        raise CheckpointError(f"cannot read {path}: the file is truncated or corrupt ({exc!r})") from exc
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:

@@ -21,10 +21,12 @@ CLASS_IDS = {"Car": 1, "Pedestrian": 2, "Cyclist": 3, "Van": 4}
 # KITTI benchmark difficulty: (min 2D box height px, max occlusion level, max truncation), easy → hard.
 DIFFICULTY_RULES = ((40.0, 0, 0.15), (25.0, 1, 0.30), (25.0, 2, 0.50))
 LEVEL_NAMES = {0: "Easy", 1: "Moderate", 2: "Hard", -1: "UnKnown"}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class LabelError(ValueError):
-    """A label line that cannot be a KITTI object: unknown class or wrong number of columns."""
+    """A label line that cannot be a KITTI object: unknown class, wrong number of columns, a non-finite number, or a
+    file that is not text."""
 
 
 def difficulty_level(box2d_height: float, occlusion: int, truncation: float) -> int:
@@ -50,6 +52,9 @@ class Object3d:
             values = [float(x) for x in fields[1:]]
         except ValueError as exc:
             raise LabelError(f"{source}:{line_no}: non-numeric column in {line.strip()!r}") from exc
+        # NaN/inf (or beyond float32, which becomes inf in the arrays below) would poison targets and metrics.
+        if not all(abs(v) <= _FLOAT32_MAX for v in values):
+            raise LabelError(f"{source}:{line_no}: NaN, inf or out-of-range number in {line.strip()!r}")
         self.src = line
         self.cls_type = fields[0]
         self.cls_id = CLASS_IDS.get(self.cls_type, -1)
@@ -100,8 +105,12 @@ def get_objects_from_label(
     label_file = Path(label_file)
     if not label_file.is_file():
         raise FileNotFoundError(f"label file not found: {label_file}")
+    try:
+        text = label_file.read_text()
+    except UnicodeDecodeError as exc:
+        raise LabelError(f"{label_file}: not a text file ({exc})") from exc
     objects, skipped = [], []
-    for line_no, line in enumerate(label_file.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         if skip_unknown and line.split()[0] not in KITTI_CLASSES:
