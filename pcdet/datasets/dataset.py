@@ -13,12 +13,14 @@ import torch.utils.data as torch_data
 from ..config import ROOT_DIR
 from ..utils import common_utils
 from .augmentor.data_augmentor import DataAugmentor
+from .data_issues import DataIssues
 from .processor.data_processor import DataProcessor
 from .processor.point_feature_encoder import PointFeatureEncoder
 
-# A training sample whose boxes all vanish (range crop, class filter) is replaced by a random other one; this many
-# replacements in a row means the config filters everything out, which deserves an error rather than a loop.
-_MAX_EMPTY_RESAMPLES = 50
+# A training sample that cannot be used (no boxes left after the range crop and class filter, no points, an
+# unreadable file) is replaced by a random other one; this many replacements in a row means the data or the config
+# rules out everything, which deserves an error rather than a loop.
+_MAX_RESAMPLES_IN_A_ROW = 50
 
 
 def resolve_data_path(path: str | os.PathLike) -> Path:
@@ -41,6 +43,8 @@ class DatasetTemplate(torch_data.Dataset):
         self.training = training
         self.class_names = class_names
         self.logger = logger or logging.getLogger("pcdet")
+        self.data_issues = DataIssues()
+        self._resamples_in_a_row = 0
         if root_path is not None:
             self.root_path = Path(root_path)
         else:
@@ -68,7 +72,6 @@ class DatasetTemplate(torch_data.Dataset):
         self.depth_downsample_factor = self.data_processor.depth_downsample_factor
         self.total_epochs = 0
         self._merge_all_iters_to_one_epoch = False
-        self._empty_resamples = 0
 
     @property
     def mode(self) -> str:
@@ -114,12 +117,42 @@ class DatasetTemplate(torch_data.Dataset):
             annos.append(anno)
         return annos
 
+    def replace_sample(self, case: str, frame_id, detail: str = "") -> dict:
+        """Training only: count ``case`` (see ``data_issues.CASES``) and return a random other sample instead, as
+        OpenPCDet does for frames left without boxes."""
+        self.data_issues.record(case, frame_id, detail, self.logger)
+        self._resamples_in_a_row += 1
+        if self._resamples_in_a_row > _MAX_RESAMPLES_IN_A_ROW:
+            self._resamples_in_a_row = 0
+            raise RuntimeError(
+                f"{_MAX_RESAMPLES_IN_A_ROW} training samples in a row could not be used (last: frame {frame_id}, "
+                f"{case}); check DATA_PATH, the infos, CLASS_NAMES and POINT_CLOUD_RANGE "
+                f"(counts so far: {self.data_issues.totals()})"
+            )
+        return self.__getitem__(np.random.randint(len(self)))
+
     def prepare_data(self, data_dict: dict) -> dict:
         """Raw sample (``points``, ``gt_boxes (M, 7)``, ``gt_names``, ...) → network-ready sample.
 
         Training: augment, keep the configured classes, append the 1-based class label as ``gt_boxes[:, 7]``, encode
-        point features, process (crop, shuffle, voxelise); a sample left without boxes is swapped for a random one.
+        point features, process (crop, shuffle, voxelise). Points with NaN/inf are dropped (counted). A training sample
+        without points, without points in range or without boxes is swapped for a random one (counted); at test time
+        such a frame is kept (it yields zero voxels and, normally, no detections).
         """
+        frame_id = data_dict.get("frame_id")
+        if data_dict.get("points") is not None:
+            points = data_dict["points"]
+            finite = np.isfinite(points).all(axis=1)
+            if not finite.all():
+                self.data_issues.record(
+                    "non_finite_points", frame_id, f"{int((~finite).sum())} of {len(points)}", self.logger
+                )
+                data_dict["points"] = points = points[finite]
+            if len(points) == 0:
+                if self.training:
+                    return self.replace_sample("empty_point_cloud", frame_id)
+                self.data_issues.record("empty_point_cloud", frame_id, "kept: test split", self.logger)
+
         if self.training:
             if "gt_boxes" not in data_dict:
                 raise KeyError("training samples need 'gt_boxes'")
@@ -140,19 +173,20 @@ class DatasetTemplate(torch_data.Dataset):
             if data_dict.get("gt_boxes2d") is not None:
                 data_dict["gt_boxes2d"] = data_dict["gt_boxes2d"][keep]
 
+        had_points = data_dict.get("points") is not None and len(data_dict["points"]) > 0
         if data_dict.get("points") is not None:
             data_dict = self.point_feature_encoder.forward(data_dict)
         data_dict = self.data_processor.forward(data_dict=data_dict)
 
+        # Points left after the range crop, or voxels when the voxeliser did the cropping.
+        in_range = data_dict.get("voxels", data_dict.get("points"))
+        if had_points and in_range is not None and len(in_range) == 0:
+            if self.training:
+                return self.replace_sample("no_points_in_range", frame_id)
+            self.data_issues.record("no_points_in_range", frame_id, "kept: test split", self.logger)
         if self.training and len(data_dict["gt_boxes"]) == 0:
-            self._empty_resamples += 1
-            if self._empty_resamples > _MAX_EMPTY_RESAMPLES:
-                raise RuntimeError(
-                    f"{_MAX_EMPTY_RESAMPLES} training samples in a row have no boxes of {self.class_names} inside "
-                    f"POINT_CLOUD_RANGE after augmentation; check CLASS_NAMES, the range and the infos"
-                )
-            return self.__getitem__(np.random.randint(len(self)))
-        self._empty_resamples = 0
+            return self.replace_sample("no_boxes", frame_id)
+        self._resamples_in_a_row = 0
         data_dict.pop("gt_names", None)
         return data_dict
 

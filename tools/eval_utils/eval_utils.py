@@ -14,6 +14,7 @@ import torch.distributed as dist
 import tqdm
 from tensorboardX import SummaryWriter
 
+from pcdet.datasets.data_issues import log_data_issue_totals
 from pcdet.models import load_data_to_gpu
 from pcdet.utils import common_utils
 from pcdet.utils.checkpoint_io import atomic_write_bytes
@@ -81,6 +82,7 @@ def eval_one_epoch(
     forward_ms: list[float] = []
     frames_timed = 0
 
+    issues_before = dataset.data_issues.totals() if hasattr(dataset, "data_issues") else None
     logger.info(f"*************** EPOCH {epoch_id} EVALUATION *****************")
     model.eval()
     pbar = tqdm.tqdm(total=len(dataloader), leave=True, desc="eval", dynamic_ncols=True) if rank == 0 else None
@@ -113,6 +115,7 @@ def eval_one_epoch(
         det_annos = common_utils.merge_results_dist(det_annos, len(dataset), tmpdir=result_dir / "tmpdir")
         metrics = common_utils.merge_results_dist([metric], world_size, tmpdir=result_dir / "tmpdir")
         timing = common_utils.merge_results_dist([(sum(forward_ms), frames_timed)], world_size)
+    log_data_issue_totals(dataset, logger, "Data issues in this evaluation (frames)", since=issues_before)
     logger.info(f"*************** Performance of EPOCH {epoch_id} *****************")
     elapsed = time.time() - start
     logger.info(f"Generate label finished (sec_per_example: {elapsed / max(len(dataset), 1):.4f} second).")

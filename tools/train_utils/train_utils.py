@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 import pcdet
+from pcdet.datasets.data_issues import log_data_issue_totals
 from pcdet.models.detectors import load_state_dict_strict
 from pcdet.utils import common_utils
 from pcdet.utils.checkpoint_io import CheckpointError, atomic_torch_save, safe_load
@@ -372,6 +373,7 @@ def train_model(
             leave_pbar=cur_epoch + 1 == total_epochs,
         )
         trained_epoch = cur_epoch + 1
+        log_data_issue_totals(train_loader.dataset, logger, f"Data issues up to epoch {trained_epoch} (frames)")
         # The last epoch is always saved: the evaluation after training needs it.
         if rank == 0 and (trained_epoch % max(ckpt_save_interval, 1) == 0 or trained_epoch == total_epochs):
             path = save_checkpoint(

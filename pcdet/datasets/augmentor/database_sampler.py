@@ -9,13 +9,13 @@ neither an existing box nor an already accepted candidate. Scene points inside t
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from ...ops.iou3d_nms import iou3d_nms_utils
 from ...utils import box_utils
+from ...utils.checkpoint_io import safe_pickle_load
 
 
 class DataBaseSampler:
@@ -45,8 +45,7 @@ class DataBaseSampler:
                     f"gt_sampling database info {path} not found: create it with "
                     "`python -m pcdet.datasets.kitti.kitti_dataset create_kitti_infos <dataset cfg>`"
                 )
-            with open(path, "rb") as f:
-                infos = pickle.load(f)
+            infos = safe_pickle_load(path)
             for name in self.class_names:
                 self.db_infos[name].extend(infos.get(name, []))
 

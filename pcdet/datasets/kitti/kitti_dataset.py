@@ -11,7 +11,6 @@ import argparse
 import copy
 import multiprocessing
 import os
-import pickle
 import sys
 from concurrent import futures
 from pathlib import Path
@@ -23,6 +22,8 @@ from tqdm import tqdm
 
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from ...utils import box_utils, calibration_kitti, common_utils, object3d_kitti
+from ...utils.checkpoint_io import safe_pickle_load
+from ...utils.point_cloud_io import PointCloudError, load_points_bin
 from ..dataset import DatasetTemplate, _to_numpy
 
 _ITEMS = ("points", "images", "gt_boxes2d")
@@ -64,8 +65,7 @@ class KittiDataset(DatasetTemplate):
             if not info_path.is_file():
                 self.logger.warning(f"KITTI info file {info_path} not found (create_kitti_infos writes it)")
                 continue
-            with open(info_path, "rb") as f:
-                self.kitti_infos.extend(pickle.load(f))
+            self.kitti_infos.extend(safe_pickle_load(info_path))
         self.logger.info(f"Total samples for KITTI dataset ({mode}): {len(self.kitti_infos)}")
 
     def set_split(self, split: str) -> None:
@@ -77,15 +77,7 @@ class KittiDataset(DatasetTemplate):
     # ------------------------------------------------------------------------------------------------ raw files
     def get_lidar(self, idx: str) -> np.ndarray:
         """Points ``(N, 4)`` float32: x, y, z, intensity."""
-        lidar_file = self.root_split_path / "velodyne" / f"{idx}.bin"
-        if not lidar_file.is_file():
-            raise FileNotFoundError(f"LiDAR file not found: {lidar_file}")
-        size = lidar_file.stat().st_size
-        if size % 16 != 0:
-            raise ValueError(
-                f"corrupt LiDAR file {lidar_file}: {size} bytes is not a multiple of 16 (4 float32 per point)"
-            )
-        return np.fromfile(lidar_file, dtype=np.float32).reshape(-1, 4)
+        return load_points_bin(self.root_split_path / "velodyne" / f"{idx}.bin", num_features=4)
 
     def get_image(self, idx: str) -> np.ndarray:
         """Left colour image ``(H, W, 3)`` float32 in [0, 1]."""
@@ -152,11 +144,22 @@ class KittiDataset(DatasetTemplate):
 
         return {"P2": hom(calib.P2), "R0_rect": hom(calib.R0), "Tr_velo_to_cam": hom(calib.V2C)}
 
+    def _image_shape_or_estimate(self, sample_idx: str, calib: calibration_kitti.Calibration) -> np.ndarray:
+        """The PNG's ``[H, W]``; without the PNG, twice P2's principal point (KITTI: 345 x 1219 for 375 x 1242),
+        counted as a ``missing_image`` data issue."""
+        try:
+            return self.get_image_shape(sample_idx)
+        except FileNotFoundError:
+            estimate = np.array([round(2 * calib.cv), round(2 * calib.cu)], dtype=np.int32)
+            detail = f"image_shape estimated from P2 as {estimate.tolist()}"
+            self.data_issues.record("missing_image", sample_idx, detail, self.logger)
+            return estimate
+
     def process_single_scene(self, sample_idx: str, has_label: bool = True, count_inside_pts: bool = True) -> dict:
         calib = self.get_calib(sample_idx)
         info = {
             "point_cloud": {"num_features": 4, "lidar_idx": sample_idx},
-            "image": {"image_idx": sample_idx, "image_shape": self.get_image_shape(sample_idx)},
+            "image": {"image_idx": sample_idx, "image_shape": self._image_shape_or_estimate(sample_idx, calib)},
             "calib": self._calib_info(calib),
         }
         if not has_label:
@@ -221,8 +224,7 @@ class KittiDataset(DatasetTemplate):
         database_dir = self.root_path / ("gt_database" if split == "train" else f"gt_database_{split}")
         db_info_path = self.root_path / f"kitti_dbinfos_{split}.pkl"
         database_dir.mkdir(parents=True, exist_ok=True)
-        with open(info_path, "rb") as f:
-            infos = pickle.load(f)
+        infos = safe_pickle_load(info_path)
         all_db_infos: dict[str, list[dict]] = {}
         for info in tqdm(infos, desc="gt database"):
             sample_idx = info["point_cloud"]["lidar_idx"]
@@ -275,6 +277,11 @@ class KittiDataset(DatasetTemplate):
         input_dict = {"frame_id": sample_idx, "calib": calib}
         if "annos" in info:
             annos = common_utils.drop_info_with_name(info["annos"], name="DontCare")
+            unknown = ~np.isin(annos["name"], [*object3d_kitti.KITTI_CLASSES, *self.class_names])
+            if unknown.any():
+                names = sorted({str(n) for n in annos["name"][unknown]})
+                self.data_issues.record("unknown_class", sample_idx, f"{int(unknown.sum())} of {names}", self.logger)
+                annos = {key: val[~unknown] for key, val in annos.items()}
             boxes_camera = np.concatenate(
                 [annos["location"], annos["dimensions"], annos["rotation_y"][:, None]], axis=1
             ).astype(np.float32)
@@ -287,12 +294,24 @@ class KittiDataset(DatasetTemplate):
                 if road_plane is not None:
                     input_dict["road_plane"] = road_plane
         if "points" in get_item_list:
-            points = self.get_lidar(sample_idx)
+            try:
+                points = self.get_lidar(sample_idx)
+            except (PointCloudError, FileNotFoundError) as exc:
+                # Opt-in (training only): an evaluation must see every frame, and by default a broken file is an
+                # error naming it.
+                if self.training and self.dataset_cfg.get("SKIP_CORRUPT_FRAMES", False):
+                    return self.replace_sample("corrupt_point_cloud", sample_idx, str(exc))
+                raise
             if self.dataset_cfg.get("FOV_POINTS_ONLY", False):
                 points = points[self.get_fov_flag(calib.lidar_to_rect(points[:, 0:3]), img_shape, calib)]
             input_dict["points"] = points
         if "images" in get_item_list:
-            input_dict["images"] = self.get_image(sample_idx)
+            try:
+                input_dict["images"] = self.get_image(sample_idx)
+            except FileNotFoundError as exc:
+                if not self.training:
+                    raise
+                return self.replace_sample("missing_image", sample_idx, str(exc))
 
         data_dict = self.prepare_data(data_dict=input_dict)
         data_dict["image_shape"] = img_shape
