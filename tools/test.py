@@ -19,7 +19,7 @@ from pathlib import Path
 import _init_path  # noqa: F401  (repo root on sys.path)
 import torch
 from eval_utils.eval_utils import eval_single_ckpt, repeat_eval_ckpt
-from train_utils.dist_launch import init_distributed
+from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
 from train_utils.experiment import experiment_output_dir, load_experiment_config
 
 from pcdet.config import cfg, log_config_to_file
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained_model", type=str, default=None, help="weights loaded over --ckpt")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--tcp_port", type=int, default=18888, help="rendezvous port when not set by torchrun")
+    parser.add_argument(
+        "--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds a collective waits for a lost peer"
+    )
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=0)
     parser.add_argument("--max_waiting_mins", type=int, default=30, help="--eval_all: wait this long for new ckpts")
     parser.add_argument("--start_epoch", type=int, default=0, help="--eval_all: first epoch to evaluate")
@@ -70,7 +73,7 @@ def checkpoint_epoch_id(ckpt: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args, cfg = parse_config(argv)
-    dist_test, world_size, rank = init_distributed(args.launcher, args.tcp_port, args.local_rank)
+    dist_test, world_size, rank = init_distributed(args.launcher, args.tcp_port, args.local_rank, args.dist_timeout)
     cfg.LOCAL_RANK = rank
     if args.batch_size is None:
         args.batch_size = cfg.OPTIMIZATION.BATCH_SIZE_PER_GPU

@@ -21,7 +21,7 @@ import _init_path  # noqa: F401  (repo root on sys.path)
 import torch
 from eval_utils.eval_utils import repeat_eval_ckpt
 from tensorboardX import SummaryWriter
-from train_utils.dist_launch import init_distributed
+from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
 from train_utils.experiment import experiment_output_dir, load_experiment_config
 from train_utils.optimization import build_optimizer, build_scheduler
 from train_utils.train_utils import (
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained_model", type=str, default=None, help="initialise from these weights")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--tcp_port", type=int, default=18888, help="rendezvous port when not set by torchrun")
+    parser.add_argument(
+        "--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds a collective waits for a lost peer"
+    )
     parser.add_argument("--sync_bn", action="store_true", default=False, help="SyncBatchNorm (CUDA)")
     parser.add_argument("--fix_random_seed", action="store_true", default=False)
     parser.add_argument(
@@ -86,7 +89,7 @@ def parse_config(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> None:
     args, cfg = parse_config(argv)
-    dist_train, world_size, rank = init_distributed(args.launcher, args.tcp_port, args.local_rank)
+    dist_train, world_size, rank = init_distributed(args.launcher, args.tcp_port, args.local_rank, args.dist_timeout)
     cfg.LOCAL_RANK = rank
 
     if args.batch_size is None:

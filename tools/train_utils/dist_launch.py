@@ -14,6 +14,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+# How long a collective waits for a missing peer before raising (a rank that died or hangs). Generous by default:
+# rank 0 alone evaluates and saves checkpoints while the others wait in the next collective.
+DEFAULT_TIMEOUT_S = 1800.0
+
 
 def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
@@ -24,11 +28,13 @@ def _bind_device(local_rank: int) -> None:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
 
 
-def init_dist_pytorch(tcp_port: int, local_rank: int, backend: str | None = None) -> tuple[int, int]:
+def init_dist_pytorch(
+    tcp_port: int, local_rank: int, backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> tuple[int, int]:
     """Join the group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
 
     Without torchrun's variables this becomes a one-process group on ``127.0.0.1:tcp_port``. Returns
-    ``(world_size, rank)``.
+    ``(world_size, rank)``. A collective that waits longer than ``timeout_s`` for a peer raises instead of hanging.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", local_rank))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -37,7 +43,9 @@ def init_dist_pytorch(tcp_port: int, local_rank: int, backend: str | None = None
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", str(local_rank))
     _bind_device(local_rank)
-    dist.init_process_group(backend=backend or default_backend(), init_method="env://", timeout=timedelta(minutes=30))
+    dist.init_process_group(
+        backend=backend or default_backend(), init_method="env://", timeout=timedelta(seconds=timeout_s)
+    )
     return dist.get_world_size(), dist.get_rank()
 
 
@@ -54,7 +62,9 @@ def _slurm_master_addr(node_list: str) -> str:
     return out.split()[0]
 
 
-def init_dist_slurm(tcp_port: int, local_rank: int, backend: str | None = None) -> tuple[int, int]:
+def init_dist_slurm(
+    tcp_port: int, local_rank: int, backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> tuple[int, int]:
     """One process per SLURM task (``srun``); rank and world size come from SLURM_PROCID / SLURM_NTASKS."""
     try:
         rank = int(os.environ["SLURM_PROCID"])
@@ -70,18 +80,25 @@ def init_dist_slurm(tcp_port: int, local_rank: int, backend: str | None = None) 
     os.environ["WORLD_SIZE"] = str(world_size)
     os.environ["LOCAL_RANK"] = str(local_rank)
     _bind_device(local_rank)
-    dist.init_process_group(backend=backend or default_backend(), init_method="env://", timeout=timedelta(minutes=30))
+    dist.init_process_group(
+        backend=backend or default_backend(), init_method="env://", timeout=timedelta(seconds=timeout_s)
+    )
     return dist.get_world_size(), dist.get_rank()
 
 
 LAUNCHERS: dict[str, Callable[..., tuple[int, int]]] = {"pytorch": init_dist_pytorch, "slurm": init_dist_slurm}
 
 
-def init_distributed(launcher: str, tcp_port: int, local_rank: int) -> tuple[bool, int, int]:
-    """``(distributed, world_size, rank)`` for ``--launcher``; ``none`` is a single process."""
+def init_distributed(
+    launcher: str, tcp_port: int, local_rank: int, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> tuple[bool, int, int]:
+    """``(distributed, world_size, rank)`` for ``--launcher``; ``none`` is a single process. ``timeout_s`` bounds
+    every collective (``--dist_timeout``)."""
     if launcher == "none":
         return False, 1, 0
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher '{launcher}'; use none, {', '.join(LAUNCHERS)}")
-    world_size, rank = LAUNCHERS[launcher](tcp_port, local_rank)
+    if not timeout_s > 0:
+        raise ValueError(f"--dist_timeout must be a positive number of seconds, got {timeout_s}")
+    world_size, rank = LAUNCHERS[launcher](tcp_port, local_rank, timeout_s=timeout_s)
     return True, world_size, rank
