@@ -80,14 +80,7 @@ def _dataset(cfg: EasyDict):
     from pcdet.models.kd.feature_matching import VoxelGrid
 
     grid = VoxelGrid.from_data_config(cfg.DATA_CONFIG)
-    return SimpleNamespace(
-        class_names=list(cfg.CLASS_NAMES),
-        point_feature_encoder=SimpleNamespace(num_point_features=4),
-        point_cloud_range=np.asarray(cfg.DATA_CONFIG.POINT_CLOUD_RANGE, np.float32),
-        voxel_size=list(grid.voxel_size),
-        grid_size=grid.grid_size,
-        depth_downsample_factor=None,
-    )
+    return grid.network_geometry(cfg.CLASS_NAMES, SimpleNamespace(num_point_features=4))
 
 
 def _train_step(model, optimizer, batch: dict) -> None:

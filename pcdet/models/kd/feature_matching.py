@@ -4,6 +4,7 @@ voxel sits at each teacher voxel (matched by position, never by row index)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -43,6 +44,17 @@ class VoxelGrid:
         pc_range = np.asarray(self.point_cloud_range, np.float32)
         extent = pc_range[3:6] - pc_range[:3]
         return np.round(extent / np.asarray(self.voxel_size, np.float32)).astype(np.int64)
+
+    def network_geometry(self, class_names: list, point_feature_encoder, depth_downsample_factor=None):
+        """What ``build_network`` reads from a dataset, for a model that voxelises on this grid."""
+        return SimpleNamespace(
+            class_names=list(class_names),
+            point_feature_encoder=point_feature_encoder,
+            point_cloud_range=np.asarray(self.point_cloud_range, dtype=np.float32),
+            voxel_size=list(self.voxel_size),
+            grid_size=self.grid_size,
+            depth_downsample_factor=depth_downsample_factor,
+        )
 
     def voxelize(self, points: torch.Tensor, batch_size: int, training: bool) -> dict[str, torch.Tensor]:
         """The batch's ``points (N, 1 + C) [b, x, y, z, ...]`` → ``voxels``, ``voxel_coords (V, 4) [b, z, y, x]``,

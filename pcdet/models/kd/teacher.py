@@ -7,9 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn as nn
 from easydict import EasyDict
@@ -50,20 +48,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _geometry(dataset, grid: VoxelGrid | None, class_names: list):
-    """What build_network reads from a dataset, for a teacher whose voxelisation differs from the student's."""
-    if grid is None:
-        return dataset
-    return SimpleNamespace(
-        class_names=class_names,
-        point_feature_encoder=dataset.point_feature_encoder,
-        point_cloud_range=np.asarray(grid.point_cloud_range, dtype=np.float32),
-        voxel_size=list(grid.voxel_size),
-        grid_size=grid.grid_size,
-        depth_downsample_factor=getattr(dataset, "depth_downsample_factor", None),
-    )
 
 
 def load_teacher_weights(model: nn.Module, ckpt_path: Path) -> None:
@@ -116,9 +100,13 @@ def build_teacher(
     teacher_grid = VoxelGrid.from_data_config(teacher_data)
     own_grid = None if teacher_grid == student_grid else teacher_grid
 
-    model = build_network(
-        teacher_cfg.MODEL, num_class=len(student_classes), dataset=_geometry(dataset, own_grid, student_classes)
-    )
+    # A teacher with its own voxelisation is built for its grid; otherwise the student's dataset describes it.
+    geometry = dataset
+    if own_grid is not None:
+        geometry = own_grid.network_geometry(
+            student_classes, dataset.point_feature_encoder, getattr(dataset, "depth_downsample_factor", None)
+        )
+    model = build_network(teacher_cfg.MODEL, num_class=len(student_classes), dataset=geometry)
     load_teacher_weights(model, ckpt_path)
     model.eval()
     for param in model.parameters():
