@@ -34,7 +34,7 @@ from pcdet.datasets.data_issues import DataIssues, log_data_issue_totals  # noqa
 from pcdet.datasets.kitti.kitti_dataset import KittiDataset  # noqa: E402
 from pcdet.models import build_network, load_data_to_gpu  # noqa: E402
 from pcdet.utils import common_utils  # noqa: E402
-from pcdet.utils.checkpoint_io import CheckpointError, safe_pickle_load  # noqa: E402
+from pcdet.utils.checkpoint_io import CheckpointError, safe_load, safe_pickle_load  # noqa: E402
 from pcdet.utils.point_cloud_io import PointCloudError, load_points_bin  # noqa: E402
 
 CLASSES = ["Car", "Pedestrian", "Cyclist"]
@@ -308,7 +308,7 @@ def test_warnings_are_logged_at_powers_of_ten(caplog):
 
 # ------------------------------------------------------------------------------------------ train.py end to end
 @pytest.mark.slow
-def test_train_py_goes_on_through_every_bad_frame_and_evaluates_every_frame(bad_root, tmp_path):
+def test_train_py_goes_on_through_every_bad_frame_and_evaluates_every_frame(bad_root, tmp_path, record_property):
     root, cfg_file = bad_root
     out = tmp_path / "out"
     cmd = [str(PYTHON), "train.py", "--cfg_file", str(cfg_file), "--workers", "1", "--batch_size", "2",
@@ -328,6 +328,7 @@ def test_train_py_goes_on_through_every_bad_frame_and_evaluates_every_frame(bad_
     assert all("in this loader worker 0" in line for line in _issue_lines(log, "corrupt_point_cloud"))
     summary = re.search(r"Data issues up to epoch 1 \(frames\): (.*)", log).group(1)
     counts = dict((k, int(v)) for k, v in re.findall(r"(\w+): (\d+)", summary))
+    record_property("epoch_1_data_issues", summary)
     assert set(counts) >= set(BAD_TRAIN.values()) and min(counts.values()) >= 1
 
     # the evaluation after training keeps every frame, bad ones included, once each and in order
@@ -336,6 +337,51 @@ def test_train_py_goes_on_through_every_bad_frame_and_evaluates_every_frame(bad_
     annos = safe_pickle_load(run / "eval" / "eval_with_train" / "epoch_1" / "val" / "result.pkl")
     val_ids = [info["point_cloud"]["lidar_idx"] for info in safe_pickle_load(root / "kitti_infos_val.pkl")]
     assert [a["frame_id"] for a in annos] == val_ids and len(val_ids) == 6
+
+
+def _run_until(cmd: list[str], log_path: Path, pattern: str | None) -> str:
+    """Run ``cmd``; with ``pattern``, SIGKILL it as soon as the pattern appears in its output. Returns the output."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=TOOLS, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            if pattern is not None and re.search(pattern, log_path.read_text()):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log_path.read_text()
+    assert (proc.returncode == -signal.SIGKILL) if pattern else (proc.returncode == 0), output[-3000:]
+    return output
+
+
+@pytest.mark.slow
+def test_kill_9_at_several_points_then_the_same_command_resumes_each_time(tmp_path, record_property):
+    """Killed mid-epoch (after a time-based latest_model.pth), killed right after an epoch checkpoint, then run to the
+    end: every restart resumes from the newest complete file, and every .pth left behind at any kill loads."""
+    cfg_file = write_tiny_config(tmp_path, epochs=2)
+    out = tmp_path / "out"
+    ckpt_dir = out / "tiny" / "tiny_pp" / "default" / "ckpt"
+    cmd = [str(PYTHON), "train.py", "--cfg_file", str(cfg_file), "--workers", "0", "--batch_size", "1",
+           "--output_root", str(out), "--use_tqdm_to_record", "--ckpt_save_time_interval", "0"]  # fmt: skip
+    resumed = []
+    for step, kill_at in enumerate([r"Saved latest_model\.pth at iteration 2", r"Saved checkpoint_epoch_1\.pth", None]):
+        output = _run_until(cmd, tmp_path / f"run{step}.log", kill_at)
+        found = re.search(r"Resumed from (\S+) \(epoch (\d+), iteration (\d+)", output)
+        resumed.append(None if found is None else (Path(found.group(1)).name, int(found.group(3))))
+        for path in ckpt_dir.glob("*.pth"):  # whatever the kill interrupted, no visible checkpoint is half-written
+            safe_load(path)
+    record_property("resumed_from", resumed)
+    assert resumed[0] is None  # first start: from scratch
+    assert resumed[1][0] == "latest_model.pth" and resumed[1][1] >= 2  # mid-epoch state
+    assert resumed[2][1] >= 3  # at least the end of epoch 1 (latest_model.pth if it was saved after the epoch)
+    final = safe_load(ckpt_dir / "checkpoint_epoch_2.pth")
+    assert (final["epoch"], final["it"]) == (2, 6)
 
 
 # ---------------------------------------------------------------------------------------------- safe pickles
@@ -388,7 +434,7 @@ def test_library_reads_pickles_and_checkpoints_only_through_the_safe_loaders():
     assert not offenders, "\n".join(offenders)
 
 
-def test_info_pickle_killed_mid_write_is_old_or_new_never_partial(tmp_path):
+def test_info_pickle_killed_mid_write_is_old_or_new_never_partial(tmp_path, record_property):
     """A writer rewrites a ~20 MB info file in a loop while this process reads it; then it is killed with SIGKILL."""
     target = tmp_path / "kitti_infos_train.pkl"
     script = (
@@ -417,6 +463,7 @@ def test_info_pickle_killed_mid_write_is_old_or_new_never_partial(tmp_path):
     info = safe_pickle_load(target)
     assert (info["points"] == info["version"]).all() and info["points"].shape == (1_250_000, 4)
     assert len(seen) >= 2  # the reader really raced the writer
+    record_property("complete_versions_read", len(seen))
 
 
 # ------------------------------------------------------------------------------------------------ config errors
