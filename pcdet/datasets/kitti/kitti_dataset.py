@@ -145,8 +145,8 @@ class KittiDataset(DatasetTemplate):
         return {"P2": hom(calib.P2), "R0_rect": hom(calib.R0), "Tr_velo_to_cam": hom(calib.V2C)}
 
     def _image_shape_or_estimate(self, sample_idx: str, calib: calibration_kitti.Calibration) -> np.ndarray:
-        """The PNG's ``[H, W]``; without the PNG, twice P2's principal point (KITTI: 345 x 1219 for 375 x 1242),
-        counted as a ``missing_image`` data issue."""
+        """The PNG's ``[H, W]``; without the PNG, twice P2's principal point (KITTI frame 000000: 361 x 1208 for
+        375 x 1242), counted as a ``missing_image`` data issue."""
         try:
             return self.get_image_shape(sample_idx)
         except FileNotFoundError:
