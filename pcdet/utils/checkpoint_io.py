@@ -14,8 +14,9 @@ import importlib
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -113,14 +114,15 @@ def safe_pickle_load(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"cannot read {path}: the file is truncated or corrupt ({exc!r})") from exc
 
 
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write via a temp file in the same directory, fsync, then rename: readers see the old or the new file only."""
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temp file in the target's directory, fsync, rename over ``path``: readers only ever
+    see the old or the new file, never a part of it; a failure leaves the old file and no temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
@@ -130,25 +132,16 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` made atomic (same guarantees as :func:`atomic_write_bytes`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` made atomic (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _umask_mode() -> int:
