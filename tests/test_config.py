@@ -68,7 +68,7 @@ def test_base_path_falls_back_to_repo_tools_dir(tmp_path, monkeypatch):
     out = cfg_from_yaml_file(child, EasyDict())
     assert out.DATA_CONFIG.DATASET == "KittiDataset"
     assert out.DATA_CONFIG.FOV_POINTS_ONLY is False
-    assert out.DATA_CONFIG.POINT_CLOUD_RANGE == [0, -39.68, -3, 69.12, 39.68, 1]
+    assert out.DATA_CONFIG.POINT_CLOUD_RANGE == [0, -40, -3, 70.4, 40, 1]
 
 
 def test_missing_base_names_path_and_referrer(tmp_path, monkeypatch):
