@@ -6,4 +6,4 @@ cd "$repo"
 bash scripts/setup_env.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest -q --timeout=600 "$@"
+.venv/bin/python -m pytest --timeout=600 --durations=10 "$@"
