@@ -477,3 +477,14 @@ def test_second_tiny_forward_train_and_spconv1_weight_layout(tmp_path):
         model.backbone_3d.conv_input[0].weight.zero_()
     model.load_params_strict(str(path))
     assert torch.equal(model.backbone_3d.conv_input[0].weight, state["backbone_3d.conv_input.0.weight"])
+
+
+def test_bn_momentum_option_sets_every_batchnorm_and_keeps_the_state_dict():
+    default, cfg = tiny_pointpillar()
+    norms = [m for m in default.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.momentum == 0.01 for m in norms)  # OpenPCDet's layers
+    cfg.MODEL.BN_MOMENTUM = 0.1
+    fast = build_network(cfg.MODEL, 3, fake_dataset(cfg.CLASS_NAMES, TINY_PCR, [0.16, 0.16, 4]))
+    assert all(m.momentum == 0.1 for m in fast.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in default.state_dict().items()}
+    assert load_cfg("pointpillar_synthetic.yaml").MODEL.BN_MOMENTUM == 0.1

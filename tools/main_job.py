@@ -175,7 +175,7 @@ class Runner:
         ckpt = run_dir / "ckpt" / f"checkpoint_epoch_{epochs}.pth"
         cmd = [sys.executable, "train.py", "--cfg_file", f"cfgs/kitti_models/{cfg_name}", "--extra_tag", extra_tag]
         cmd += ["--fix_random_seed", "--workers", str(self.args.workers), "--epochs", str(epochs)]
-        cmd += ["--num_epochs_to_eval", "0", "--max_ckpt_save_num", "1"]
+        cmd += ["--skip_eval", "--max_ckpt_save_num", "1"]
         if seed is not None:
             cmd += ["--seed", str(seed)]
         if self.args.batch_size:

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_waiting_mins", type=int, default=0, help="post-training evaluation: wait for ckpts")
     parser.add_argument("--start_epoch", type=int, default=0)
     parser.add_argument("--num_epochs_to_eval", type=int, default=0, help="evaluate the last N epochs after training")
+    parser.add_argument(
+        "--skip_eval", action="store_true", default=False, help="no evaluation after training (test.py runs separately)"
+    )
     parser.add_argument("--save_to_file", action="store_true", default=False, help="write KITTI .txt predictions")
     parser.add_argument("--use_tqdm_to_record", action="store_true", default=False, help="log lines, no bars")
     parser.add_argument("--logger_iter_interval", type=int, default=50, help="iterations between log lines")
@@ -220,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         tb_log.close()
     logger.info(f"********** End training {cfg.EXP_GROUP_PATH}/{cfg.TAG}({args.extra_tag}) **********")
 
+    if args.skip_eval:
+        if dist_train:
+            torch.distributed.destroy_process_group()
+        return
     # A distilled run is evaluated as what it ships: the plain student detector.
     eval_model = unwrap_model(model)
     eval_model = eval_model.student if hasattr(eval_model, "student") else eval_model

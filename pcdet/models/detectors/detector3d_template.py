@@ -135,7 +135,21 @@ class Detector3DTemplate(nn.Module):
             self.add_module(module_name, module)
             if module is not None:
                 model_info_dict["module_list"].append(module)
+        self._apply_bn_momentum(self.model_cfg.get("BN_MOMENTUM"))
         return model_info_dict["module_list"]
+
+    def _apply_bn_momentum(self, momentum: float | None) -> None:
+        """``MODEL.BN_MOMENTUM`` (optional, not an OpenPCDet key) overrides every BatchNorm's momentum.
+
+        OpenPCDet's layers use 0.01: the running statistics average over the last ~100 steps, fine for 80-epoch
+        schedules but far behind the weights after a few hundred steps, so a short CPU schedule evaluates with stale
+        statistics. A larger momentum only changes how the buffers are updated, not the state-dict layout.
+        """
+        if momentum is None:
+            return
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = float(momentum)
 
     @staticmethod
     def _lookup(registry: dict, module_cfg, section: str):
