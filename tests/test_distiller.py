@@ -316,7 +316,9 @@ def test_student_widths_and_parameter_ratios():
             for key in ("LAYER_NUMS", "LAYER_STRIDES", "UPSAMPLE_STRIDES"):
                 assert model.BACKBONE_2D[key] == teacher_cfg.MODEL.BACKBONE_2D[key]
             assert model.DENSE_HEAD == teacher_cfg.MODEL.DENSE_HEAD
-        assert _load(name).MODEL == _load(f"{name}_synthetic").MODEL
+        # The synthetic variant is the same network; only BN_MOMENTUM (buffer updates, not layout) may differ.
+        synthetic_model = {k: v for k, v in _load(f"{name}_synthetic").MODEL.items() if k != "BN_MOMENTUM"}
+        assert dict(_load(name).MODEL) == synthetic_model
         net = build_network(_load(name).MODEL, 3, _dataset(_load(name)))
         counts[name] = sum(p.numel() for p in net.parameters())
     teacher = sum(p.numel() for p in build_network(teacher_cfg.MODEL, 3, _dataset(teacher_cfg)).parameters())
