@@ -32,8 +32,10 @@ from train_utils.experiment import experiment_output_dir, load_experiment_config
 
 from pcdet.config import cfg as base_cfg
 from pcdet.datasets import build_dataloader
+from pcdet.datasets.synthetic import GENERATOR_VERSION
 from pcdet.models import build_network, load_data_to_gpu
 from pcdet.utils import common_utils
+from pcdet.utils.checkpoint_io import atomic_write_bytes
 
 TOOLS_DIR = Path(__file__).resolve().parent
 ROOT_DIR = TOOLS_DIR.parent
@@ -119,10 +121,7 @@ class StageBook:
 
     def mark(self, name: str, key: str) -> None:
         self.done[name] = key
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.done, indent=2))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(json.dumps(self.done, indent=2).encode(), self.path)
 
 
 def key_of(*parts) -> str:
@@ -137,7 +136,7 @@ def stage_config(cfg_name: str, set_cfgs: list[str]) -> EasyDict:
 def prepare_data(args, book: StageBook, point_cloud_range: list[float]) -> dict:
     data_dir = Path(args.data_dir).resolve()
     label_range = [point_cloud_range[0], point_cloud_range[1], point_cloud_range[3], point_cloud_range[4]]
-    key = key_of("data", args.frames, args.seed, label_range, str(data_dir))
+    key = key_of("data", GENERATOR_VERSION, args.frames, args.seed, label_range, str(data_dir))
     infos = data_dir / "kitti_infos_val.pkl"
     if not book.finished("data", key, infos, data_dir / "synthetic_meta.json"):
         py = sys.executable
