@@ -135,6 +135,20 @@ def merge_results_dist(result_part: list, size: int, tmpdir: str | os.PathLike |
     return ordered[:size]
 
 
+class LoggerPicklingMixin:
+    """For objects holding ``self.logger`` that DataLoader workers receive by pickling: loggers (their handlers hold
+    locks and streams) are dropped on the way and replaced by the ``pcdet`` logger on arrival."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["logger"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["logger"] = logging.getLogger("pcdet")
+        self.__dict__.update(state)
+
+
 class AverageMeter:
     """Running average of a scalar, as printed in training logs."""
 

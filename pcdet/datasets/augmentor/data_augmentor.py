@@ -16,7 +16,7 @@ from .database_sampler import DataBaseSampler
 _FLIPS = {"x": augmentor_utils.random_flip_along_x, "y": augmentor_utils.random_flip_along_y}
 
 
-class DataAugmentor:
+class DataAugmentor(common_utils.LoggerPicklingMixin):
     """Builds the ``AUG_CONFIG_LIST`` steps (minus ``DISABLE_AUG_LIST``) and applies them to a data_dict.
 
     Each step reads/writes ``points``, ``gt_boxes`` (M, 7+) and ``gt_names``; ``gt_boxes_mask`` marks the boxes of
@@ -45,15 +45,6 @@ class DataAugmentor:
             if cur_cfg.NAME not in builders:
                 raise ValueError(f"unknown augmentation '{cur_cfg.NAME}' (known: {', '.join(builders)})")
             self.data_augmentor_queue.append(builders[cur_cfg.NAME](config=cur_cfg))
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["logger"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        state["logger"] = logging.getLogger("pcdet")
-        self.__dict__.update(state)
 
     # Builders: each takes its config entry and returns the step ``data_dict -> data_dict``.
     def gt_sampling(self, config) -> Callable:

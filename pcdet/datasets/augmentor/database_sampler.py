@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ...ops.iou3d_nms import iou3d_nms_utils
-from ...utils import box_utils
+from ...utils import box_utils, common_utils
 from ...utils.checkpoint_io import safe_pickle_load
 
 
-class DataBaseSampler:
+class DataBaseSampler(common_utils.LoggerPicklingMixin):
     def __init__(self, root_path: str | Path, sampler_cfg, class_names: list[str], logger=None):
         self.root_path = Path(root_path)
         self.sampler_cfg = sampler_cfg
@@ -68,15 +68,6 @@ class DataBaseSampler:
                 "pointer": len(self.db_infos[name]),
                 "indices": np.arange(len(self.db_infos[name])),
             }
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["logger"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        state["logger"] = logging.getLogger("pcdet")
-        self.__dict__.update(state)
 
     # ------------------------------------------------------------------------------------------------ PREPARE
     def filter_by_difficulty(self, db_infos: dict, removed_difficulty: list[int]) -> dict:
