@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import re
-import sys
 from pathlib import Path
 
 import _init_path  # noqa: F401  (repo root on sys.path)
 import torch
 from eval_utils.eval_utils import eval_single_ckpt, repeat_eval_ckpt
 from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
-from train_utils.experiment import experiment_output_dir, load_experiment_config
+from train_utils.experiment import experiment_output_dir, load_experiment_config, log_run_header
 
-from pcdet.config import cfg, log_config_to_file
+from pcdet.config import cfg
 from pcdet.datasets import build_dataloader
 from pcdet.models import build_network, default_device
 from pcdet.utils import common_utils
@@ -94,14 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     log_file = eval_output_dir / f"log_eval_{datetime.datetime.now():%Y%m%d-%H%M%S}.txt"
     logger = common_utils.create_logger(log_file, rank=rank)
 
-    logger.info("**********************Start logging**********************")
-    logger.info("Command: " + " ".join([sys.executable, *sys.argv]))
-    logger.info(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'ALL')}")
-    if dist_test:
-        logger.info(f"Total batch size: {world_size * args.batch_size} ({world_size} processes)")
-    for key, val in vars(args).items():
-        logger.info(f"{key:<24} {val}")
-    log_config_to_file(cfg, logger=logger)
+    log_run_header(logger, args, cfg, world_size if dist_test else 1)
 
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir is not None else output_dir / "ckpt"
     test_set, test_loader, _ = build_dataloader(

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import _init_path  # noqa: F401  (repo root on sys.path)
@@ -22,7 +20,7 @@ import torch
 from eval_utils.eval_utils import repeat_eval_ckpt
 from tensorboardX import SummaryWriter
 from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
-from train_utils.experiment import experiment_output_dir, load_experiment_config
+from train_utils.experiment import experiment_output_dir, load_experiment_config, log_run_header
 from train_utils.optimization import build_optimizer, build_scheduler
 from train_utils.train_utils import (
     load_training_checkpoint,
@@ -32,7 +30,7 @@ from train_utils.train_utils import (
     unwrap_model,
 )
 
-from pcdet.config import cfg, log_config_to_file
+from pcdet.config import cfg
 from pcdet.datasets import build_dataloader
 from pcdet.models import build_network, default_device, model_fn_decorator
 from pcdet.utils import common_utils
@@ -112,14 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     log_file = output_dir / f"train_{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
     logger = common_utils.create_logger(log_file, rank=rank)
 
-    logger.info("**********************Start logging**********************")
-    logger.info("Command: " + " ".join([sys.executable, *sys.argv]))
-    logger.info(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'ALL')}")
-    if dist_train:
-        logger.info(f"Total batch size: {world_size * args.batch_size} ({world_size} processes)")
-    for key, val in vars(args).items():
-        logger.info(f"{key:<24} {val}")
-    log_config_to_file(cfg, logger=logger)
+    log_run_header(logger, args, cfg, world_size if dist_train else 1)
     if rank == 0:
         shutil.copy(args.cfg_file, output_dir / Path(args.cfg_file).name)
 

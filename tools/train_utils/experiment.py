@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 from easydict import EasyDict
 
-from pcdet.config import cfg_from_list, cfg_from_yaml_file
+from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config_to_file
 
 
 def exp_group_path(cfg_file: str | os.PathLike) -> str:
@@ -36,3 +38,15 @@ def experiment_output_dir(config: EasyDict, extra_tag: str, output_root: str | o
     """``<output_root>/<EXP_GROUP_PATH>/<TAG>/<extra_tag>``, with ``output_root`` defaulting to ``ROOT_DIR/output``."""
     root = Path(output_root) if output_root is not None else Path(config.ROOT_DIR) / "output"
     return root / config.EXP_GROUP_PATH / config.TAG / extra_tag
+
+
+def log_run_header(logger: logging.Logger, args, config: EasyDict, world_size: int) -> None:
+    """What every train/test log starts with: the command, devices, arguments and the full config."""
+    logger.info("**********************Start logging**********************")
+    logger.info("Command: " + " ".join([sys.executable, *sys.argv]))
+    logger.info(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'ALL')}")
+    if world_size > 1:
+        logger.info(f"Total batch size: {world_size * args.batch_size} ({world_size} processes)")
+    for key, val in vars(args).items():
+        logger.info(f"{key:<24} {val}")
+    log_config_to_file(config, logger=logger)
