@@ -1,18 +1,3 @@
 #!/usr/bin/env bash
 # Multi-process evaluation on one machine: bash scripts/dist_test.sh NUM_PROCS --cfg_file ... [test.py args]
-# One process per GPU with NCCL when CUDA is available, otherwise NUM_PROCS CPU processes with gloo.
-# Multi-node: call torchrun yourself with its --nnodes/--node_rank/--rdzv_* flags and --launcher pytorch.
-set -euo pipefail
-if [ $# -lt 1 ]; then
-    echo "usage: bash scripts/dist_test.sh NUM_PROCS --cfg_file CFG [test.py args]" >&2
-    exit 2
-fi
-NGPUS=$1
-shift
-PYTHON=${PYTHON:-python}
-tools_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# PORT may be given; otherwise ask the OS for a free one (another job may hold any fixed port).
-PORT=${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')}
-
-exec "$PYTHON" -m torch.distributed.run --nproc_per_node="$NGPUS" --rdzv_endpoint="localhost:$PORT" \
-    "$tools_dir/test.py" --launcher pytorch "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/_torchrun.sh" test.py "$@"
