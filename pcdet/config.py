@@ -48,7 +48,7 @@ def _find_base_file(base: str, referrer: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    tried = ", ".join(str(c) for c in candidates)
+    tried = ", ".join(dict.fromkeys(str(c.resolve()) for c in candidates))  # from tools/ both are one path
     raise ConfigError(f"{BASE_KEY} '{base}' referenced by {referrer} not found (tried: {tried})")
 
 

@@ -23,33 +23,67 @@ class StateDictMismatchError(RuntimeError):
     """A checkpoint whose keys or shapes do not match the model it is loaded into."""
 
 
+_SHOWN_KEYS = 3  # a mismatch error lists this many keys per kind, then a count: the first few name the culprit
+
+
+def _first_keys(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN_KEYS])
+    return shown + (f" and {len(items) - _SHOWN_KEYS} more" if len(items) > _SHOWN_KEYS else "")
+
+
+def _mismatch_hint(model_state: dict, loaded_state: dict, shape_keys: list[str], missing: list[str]) -> str:
+    """A guess at the cause: a model of another width (e.g. a 4x student's checkpoint for the teacher), a state
+    dict saved with DDP's ``module.`` prefix, or another architecture."""
+    if shape_keys:
+        key = shape_keys[0]
+        ckpt_shape, model_shape = tuple(loaded_state[key].shape), tuple(model_state[key].shape)
+        ckpt_width, model_width = (ckpt_shape or (0,))[0], (model_shape or (0,))[0]
+        section = key.split(".")[0].upper()
+        if ckpt_width != model_width and min(ckpt_width, model_width) > 0:
+            ratio = max(ckpt_width, model_width) / min(ckpt_width, model_width)
+            size = "smaller" if ckpt_width < model_width else "larger"
+            example = f" (e.g. a {ratio**2:.0f}x student)" if size == "smaller" else " (e.g. the teacher)"
+            return (
+                f"hint: {section} width {ckpt_width} in the checkpoint vs {model_width} in the model: a checkpoint "
+                f"of a {ratio**2:.0f}x {size} model{example}?"
+            )
+    if loaded_state and all(str(k).startswith("module.") for k in loaded_state):
+        return "hint: every checkpoint key starts with 'module.': saved from a DistributedDataParallel wrapper?"
+    if missing and len(missing) * 2 > len(model_state):
+        return "hint: most of the model's keys are missing: a checkpoint of another architecture?"
+    return ""
+
+
 def describe_state_dict_mismatch(model_state: dict, loaded_state: dict) -> list[str]:
-    """Human-readable differences between the model's state dict and a loaded one (empty when they match)."""
+    """Differences between the model's state dict and a loaded one (empty when they match): one entry per kind
+    (missing keys, unexpected keys, shape mismatches) with its count and first keys, then a hint when one fits."""
     missing = [k for k in model_state if k not in loaded_state]
     unexpected = [k for k in loaded_state if k not in model_state]
+    shape_keys = [
+        k for k in model_state if k in loaded_state and tuple(loaded_state[k].shape) != tuple(model_state[k].shape)
+    ]
     shapes = [
-        f"{k}: checkpoint {tuple(loaded_state[k].shape)} vs model {tuple(model_state[k].shape)}"
-        for k in model_state
-        if k in loaded_state and tuple(loaded_state[k].shape) != tuple(model_state[k].shape)
+        f"{k}: checkpoint {tuple(loaded_state[k].shape)} vs model {tuple(model_state[k].shape)}" for k in shape_keys
     ]
     problems = []
     for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
         if items:
-            problems.append(f"{len(items)} {title}: " + ", ".join(items))
-    return problems
+            problems.append(f"{len(items)} {title}: {_first_keys(items)}")
+    hint = _mismatch_hint(model_state, loaded_state, shape_keys, missing) if problems else ""
+    return problems + ([hint] if hint else [])
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
     """Load ``state_dict`` into ``model`` requiring the exact same keys and shapes; raise
-    :class:`StateDictMismatchError` listing every missing/unexpected key and shape mismatch otherwise.
+    :class:`StateDictMismatchError` (one line: counts, first keys, a hint) otherwise.
     Sparse-conv weights saved by other spconv versions are converted first (see ``adapt_spconv_weights``)."""
     model_state = model.state_dict()
     state_dict = adapt_spconv_weights(model, state_dict)
     problems = describe_state_dict_mismatch(model_state, state_dict)
     if problems:
         raise StateDictMismatchError(
-            f"{source} does not match {type(model).__name__} (was it trained with another config?):\n  "
-            + "\n  ".join(problems)
+            f"{source} does not match {type(model).__name__} (was it trained with another config?): "
+            + "; ".join(problems)
         )
     model.load_state_dict(state_dict, strict=True)
 
@@ -357,17 +391,22 @@ class Detector3DTemplate(nn.Module):
     def load_params_from_file(
         self, filename: str, logger: logging.Logger | None = None, to_cpu: bool = False, pre_trained_path=None
     ) -> None:
-        """Load the matching weights of a checkpoint; keys that are missing or have another shape keep the model's
-        values and are logged (use :meth:`load_params_strict` to require an exact match)."""
+        """Load the matching weights of a checkpoint (and of ``pre_trained_path`` over it); keys that are missing or
+        have another shape keep the model's values and are logged with the file they came from, and a WARNING says
+        so when most weights did not load (use :meth:`load_params_strict` to require an exact match)."""
         logger = logger or _LOG
         if not os.path.isfile(filename):
-            raise FileNotFoundError(filename)
+            raise FileNotFoundError(f"checkpoint not found: {filename}")
         location = self._map_location(to_cpu)
-        logger.info("==> Loading parameters from checkpoint %s to %s", filename, "CPU" if to_cpu else location)
+        files = f"{filename}" + (f" with {pre_trained_path} over it" if pre_trained_path is not None else "")
+        logger.info("==> Loading parameters from checkpoint %s to %s", files, "CPU" if to_cpu else location)
         checkpoint = safe_load(filename, map_location=location)
         model_state_disk = dict(checkpoint["model_state"])
+        origin = dict.fromkeys(model_state_disk, str(filename))
         if pre_trained_path is not None:
-            model_state_disk.update(safe_load(pre_trained_path, map_location=location)["model_state"])
+            pretrained = safe_load(pre_trained_path, map_location=location)["model_state"]
+            model_state_disk.update(pretrained)
+            origin.update(dict.fromkeys(pretrained, str(pre_trained_path)))
         version = checkpoint.get("version")
         if version is not None:
             logger.info("==> Checkpoint trained from version: %s", version)
@@ -377,8 +416,9 @@ class Detector3DTemplate(nn.Module):
             if key not in update_model_state:
                 if key in model_state_disk:
                     logger.info(
-                        "Not updated weight %s: checkpoint shape %s, model shape %s",
+                        "Not updated weight %s: %s has shape %s, model shape %s",
                         key,
+                        origin[key],
                         tuple(model_state_disk[key].shape),
                         tuple(state_dict[key].shape),
                     )
@@ -387,7 +427,11 @@ class Detector3DTemplate(nn.Module):
         unused = [k for k in model_state_disk if k not in state_dict]
         if unused:
             logger.info("Checkpoint keys not used by the model: %s", ", ".join(unused))
-        logger.info("==> Done (loaded %d/%d)", len(update_model_state), len(state_dict))
+        loaded, total = len(update_model_state), len(state_dict)
+        # Fine-tuning with a new head loads most weights; loading fewer than half is almost always the wrong file.
+        level = logging.WARNING if loaded * 2 < total else logging.INFO
+        kept = f"; the other {total - loaded} keep their initialisation" if loaded < total else ""
+        logger.log(level, "==> Done (loaded %d/%d from %s%s)", loaded, total, files, kept)
 
     def load_params_strict(self, filename: str, logger: logging.Logger | None = None, to_cpu: bool = False) -> dict:
         """Load a checkpoint that must match the model exactly (a frozen teacher, an evaluation). Returns the

@@ -39,7 +39,9 @@ def find_file(path: str | os.PathLike, what: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise KDConfigError(f"{what} not found: {path} (tried {', '.join(str(c) for c in candidates)})")
+    # Run from tools/, both candidates are one directory: name each place once.
+    tried = list(dict.fromkeys(str(c.resolve()) for c in candidates))
+    raise KDConfigError(f"{what} not found: {path} (tried {', '.join(tried)})")
 
 
 def file_sha256(path: Path) -> str:
@@ -50,8 +52,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_teacher_weights(model: nn.Module, ckpt_path: Path) -> None:
-    """Strict load of an OpenPCDet checkpoint's ``model_state``; every problem becomes one KDConfigError."""
+def load_teacher_weights(model: nn.Module, ckpt_path: Path, cfg_path: Path | None = None) -> None:
+    """Strict load of an OpenPCDet checkpoint's ``model_state``; every problem becomes one KDConfigError
+    (``cfg_path``, the teacher config the model was built from, is named in a mismatch)."""
     try:
         checkpoint = safe_load(ckpt_path, map_location="cpu")
     except CheckpointError as exc:
@@ -59,7 +62,8 @@ def load_teacher_weights(model: nn.Module, ckpt_path: Path) -> None:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model_state"), dict):
         raise KDConfigError(f"teacher checkpoint {ckpt_path} holds no 'model_state' (not an OpenPCDet checkpoint)")
     try:
-        load_state_dict_strict(model, checkpoint["model_state"], source=f"teacher checkpoint {ckpt_path}")
+        built_from = f" (model built from {cfg_path})" if cfg_path is not None else ""
+        load_state_dict_strict(model, checkpoint["model_state"], source=f"teacher checkpoint {ckpt_path}{built_from}")
     except StateDictMismatchError as exc:
         raise KDConfigError(str(exc)) from exc
 
@@ -107,7 +111,7 @@ def build_teacher(
             student_classes, dataset.point_feature_encoder, getattr(dataset, "depth_downsample_factor", None)
         )
     model = build_network(teacher_cfg.MODEL, num_class=len(student_classes), dataset=geometry)
-    load_teacher_weights(model, ckpt_path)
+    load_teacher_weights(model, ckpt_path, cfg_path)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
