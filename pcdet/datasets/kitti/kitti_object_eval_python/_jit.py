@@ -7,9 +7,13 @@ compile without caching rather than failing. Without numba at all, the plain Pyt
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
+
+from ....utils.common_utils import njit_cached
 
 try:
     import numba
@@ -23,10 +27,40 @@ except ImportError:  # pragma: no cover - numba is a hard requirement in require
     )
 
 
+# Every kernel made here, so that the first evaluation can tell whether it is about to compile.
+_KERNELS: list[Any] = []
+_announced = False
+
+
 def njit(fn: Callable[..., Any]) -> Callable[..., Any]:
     if not HAVE_NUMBA:  # pragma: no cover
         return fn
-    try:
-        return numba.njit(cache=True)(fn)
-    except RuntimeError:  # "no locator available": nowhere writable to cache
-        return numba.njit(fn)
+    kernel = njit_cached(fn)
+    _KERNELS.append(kernel)
+    return kernel
+
+
+def uncached_kernels() -> list[str]:
+    """Names of the kernels without an on-disk cache index yet: their first call compiles them."""
+    missing = []
+    for kernel in _KERNELS:
+        cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+        index = getattr(cache_file, "_index_path", None)
+        if not kernel.signatures and (index is None or not os.path.exists(index)):
+            missing.append(kernel.py_func.__name__)
+    return missing
+
+
+def announce_compilation(logger: logging.Logger | None = None) -> bool:
+    """Log once per process that the evaluator is compiling (several seconds with no output otherwise).
+    Returns whether it logged."""
+    global _announced
+    if _announced:
+        return False
+    _announced = True
+    missing = uncached_kernels()
+    if missing:
+        (logger or logging.getLogger("pcdet")).info(
+            f"KITTI evaluation: compiling {len(missing)} numba kernels on first use (about 10 s; cached for later runs)"
+        )
+    return bool(missing)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels as K
+from ._jit import announce_compilation
 from .geometry import frame_image_overlaps, frame_rotated_overlaps
 
 CLASS_NAMES = {0: "Car", 1: "Pedestrian", 2: "Cyclist", 3: "Van", 4: "Person_sitting", 5: "Truck"}
@@ -316,6 +317,7 @@ def evaluate(
     """Raw results: ``ap[(cls_id, metric, table_index, recall)] -> [easy, moderate, hard]`` (metric incl. 'aos'),
     ``precision[(cls_id, metric, table_index)] -> (3, 41)``, ``compute_aos`` and ``classes``."""
     class_ids = resolve_classes(current_classes)
+    announce_compilation()
     p = _prepare(gt_annos, dt_annos, class_ids)
     ap: dict[tuple, list[float]] = {}
     precision: dict[tuple, np.ndarray] = {}
