@@ -40,7 +40,7 @@ def dist_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     cfg_file = write_tiny_config(root, epochs=2)
     cmd = ["bash", "scripts/dist_train.sh", "2", "--cfg_file", str(cfg_file), "--workers", "0", "--batch_size", "2",
-           "--output_root", str(root / "output"), "--use_tqdm_to_record", "--logger_iter_interval", "1",
+           "--output_root", str(root / "output"), "--logger_iter_interval", "1",
            "--sync_bn", "--use_amp", "--fix_random_seed"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=TOOLS, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -43,7 +43,7 @@ def test_sigkill_of_one_rank_ends_dist_train_within_seconds_naming_it(tmp_path, 
     cfg_file = write_tiny_config(tmp_path, epochs=100)  # far more than the test lets it run
     log_path = tmp_path / "log.txt"
     cmd = ["bash", "scripts/dist_train.sh", "2", "--cfg_file", str(cfg_file), "--workers", "0", "--batch_size", "2",
-           "--output_root", str(tmp_path / "out"), "--use_tqdm_to_record", "--logger_iter_interval", "1"]  # fmt: skip
+           "--output_root", str(tmp_path / "out"), "--logger_iter_interval", "1"]  # fmt: skip
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd, cwd=TOOLS, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True

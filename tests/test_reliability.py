@@ -312,7 +312,7 @@ def test_train_py_goes_on_through_every_bad_frame_and_evaluates_every_frame(bad_
     root, cfg_file = bad_root
     out = tmp_path / "out"
     cmd = [str(PYTHON), "train.py", "--cfg_file", str(cfg_file), "--workers", "1", "--batch_size", "2",
-           "--output_root", str(out), "--use_tqdm_to_record", "--logger_iter_interval", "1",
+           "--output_root", str(out), "--logger_iter_interval", "1",
            "--fix_random_seed"]  # fmt: skip
     proc = subprocess.run(
         cmd, cwd=TOOLS, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
@@ -368,7 +368,7 @@ def test_kill_9_at_several_points_then_the_same_command_resumes_each_time(tmp_pa
     out = tmp_path / "out"
     ckpt_dir = out / "tiny" / "tiny_pp" / "default" / "ckpt"
     cmd = [str(PYTHON), "train.py", "--cfg_file", str(cfg_file), "--workers", "0", "--batch_size", "1",
-           "--output_root", str(out), "--use_tqdm_to_record", "--ckpt_save_time_interval", "0"]  # fmt: skip
+           "--output_root", str(out), "--ckpt_save_time_interval", "0"]  # fmt: skip
     resumed = []
     for step, kill_at in enumerate([r"Saved latest_model\.pth at iteration 2", r"Saved checkpoint_epoch_1\.pth", None]):
         output = _run_until(cmd, tmp_path / f"run{step}.log", kill_at)

@@ -343,7 +343,6 @@ def _train_cmd(cfg_file: Path, out: Path, epochs: int) -> list[str]:
         "--fix_random_seed",
         "--output_root",
         str(out),
-        "--use_tqdm_to_record",
         "--num_epochs_to_eval",
         "0",
     ]
@@ -451,7 +450,7 @@ def test_kd_config_trains_resumes_and_saves_a_plain_student(tmp_path):
     def run(epochs):
         cmd = [str(PYTHON), "train.py", "--cfg_file", str(kd_cfg), "--teacher_ckpt", str(teacher_ckpt),
                "--workers", "0", "--epochs", str(epochs), "--output_root", str(tmp_path / "out"),
-               "--use_tqdm_to_record", "--logger_iter_interval", "1"]  # fmt: skip
+               "--logger_iter_interval", "1"]  # fmt: skip
         proc = subprocess.run(cmd, cwd=TOOLS, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                               text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-4000:]

@@ -11,18 +11,20 @@ calibration (``calib/<frame>.txt`` next to the label or velodyne folder) exist. 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import _init_path  # noqa: F401  (repo root on sys.path)
 import numpy as np
 import torch
-from train_utils.experiment import load_experiment_config
+from train_utils.experiment import load_experiment_config, run_tool
 from visual_utils.bev_plot import render_bev, save_bev
 
 from pcdet.config import cfg
 from pcdet.datasets import DatasetTemplate
 from pcdet.models import build_network, default_device, load_data_to_gpu
 from pcdet.utils import box_utils, calibration_kitti, common_utils, object3d_kitti
+from pcdet.utils.point_cloud_io import PointCloudError, load_points_bin
 
 
 def read_points(path: Path) -> np.ndarray:
@@ -30,12 +32,9 @@ def read_points(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         points = np.load(path)
         if points.ndim != 2 or points.shape[1] < 4:
-            raise ValueError(f"{path}: expected an (N, >=4) array of x, y, z, intensity, got shape {points.shape}")
+            raise PointCloudError(f"{path}: expected an (N, >=4) array of x, y, z, intensity, got shape {points.shape}")
         return points[:, :4].astype(np.float32)
-    size = path.stat().st_size
-    if size % 16 != 0:
-        raise ValueError(f"corrupt LiDAR file {path}: {size} bytes is not a multiple of 16 (4 float32 per point)")
-    return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
+    return load_points_bin(path)
 
 
 class DemoDataset(DatasetTemplate):
@@ -58,17 +57,27 @@ class DemoDataset(DatasetTemplate):
 
 
 def find_ground_truth(frame: Path, label_path: Path | None, logger) -> np.ndarray | None:
-    """LiDAR boxes ``(M, 7)`` of the frame's KITTI label (DontCare dropped), or None without label/calibration."""
+    """LiDAR boxes ``(M, 7)`` of the frame's KITTI label (DontCare dropped), or None without label/calibration.
+
+    The calibration is read from ``calib/<frame>.txt`` itself (as OpenPCDet does), never from an info file."""
     if label_path is None:
         return None
     label_file = label_path if label_path.is_file() else label_path / f"{frame.stem}.txt"
-    calib_candidates = [
-        label_file.parent.parent / "calib" / f"{frame.stem}.txt",
-        frame.parent.parent / "calib" / f"{frame.stem}.txt",
-    ]
+    calib_candidates = list(
+        dict.fromkeys(
+            [
+                label_file.parent.parent / "calib" / f"{frame.stem}.txt",
+                frame.parent.parent / "calib" / f"{frame.stem}.txt",
+            ]
+        )
+    )
     calib_file = next((c for c in calib_candidates if c.is_file()), None)
-    if not label_file.is_file() or calib_file is None:
-        logger.info(f"{frame.name}: no label or calibration found, drawing predictions only")
+    if not label_file.is_file():
+        logger.warning(f"{frame.name}: no label file {label_file}; drawing predictions only")
+        return None
+    if calib_file is None:
+        tried = " or ".join(str(c) for c in calib_candidates)
+        logger.warning(f"{frame.name}: no calibration file {tried}; drawing predictions only")
         return None
     objects = [o for o in object3d_kitti.get_objects_from_label(label_file) if o.cls_type != "DontCare"]
     if not objects:
@@ -86,6 +95,7 @@ def parse_config(argv: list[str] | None = None):
     parser.add_argument("--label_path", type=str, default=None, help="KITTI label file or label_2 folder")
     parser.add_argument("--out_dir", type=str, default="demo_output", help="where the PNGs go")
     parser.add_argument("--score_thresh", type=float, default=None, help="hide predictions below this score")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks on the console for input errors")
     parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     load_experiment_config(args.cfg_file, args.set_cfgs, cfg)
@@ -134,4 +144,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, sys.argv[1:])

@@ -12,13 +12,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
+import sys
 from pathlib import Path
 
 import _init_path  # noqa: F401  (repo root on sys.path)
 import torch
 from eval_utils.eval_utils import eval_single_ckpt, repeat_eval_ckpt
 from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
-from train_utils.experiment import experiment_output_dir, load_experiment_config, log_run_header
+from train_utils.experiment import (
+    ToolError,
+    default_workers,
+    experiment_output_dir,
+    load_experiment_config,
+    log_run_header,
+    run_tool,
+)
 
 from pcdet.config import cfg
 from pcdet.datasets import build_dataloader
@@ -30,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a 3D detector (OpenPCDet-compatible)")
     parser.add_argument("--cfg_file", type=str, required=True, help="experiment config")
     parser.add_argument("--batch_size", type=int, default=None, help="total batch size over all processes")
-    parser.add_argument("--workers", type=int, default=4, help="data-loader workers per process")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="data-loader workers per process (default: min(4, cores))",
+    )
     parser.add_argument("--extra_tag", type=str, default="default", help="experiment sub-directory")
     parser.add_argument("--ckpt", type=str, default=None, help="checkpoint to evaluate")
     parser.add_argument("--pretrained_model", type=str, default=None, help="weights loaded over --ckpt")
@@ -50,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output_root", type=str, default=None, help="replaces <repo>/output as the root of the output layout"
     )
+    parser.add_argument("--debug", action="store_true", help="full tracebacks on the console for input errors")
     parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return parser
 
@@ -77,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_size = cfg.OPTIMIZATION.BATCH_SIZE_PER_GPU
     else:
         if args.batch_size % world_size != 0:
-            raise SystemExit(f"--batch_size {args.batch_size} must be divisible by the {world_size} processes")
+            raise ToolError(f"--batch_size {args.batch_size} must be divisible by the {world_size} processes")
         args.batch_size //= world_size
 
     output_dir = experiment_output_dir(cfg, args.extra_tag, args.output_root)
@@ -108,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     model.to(default_device())
     with torch.no_grad():
         if args.eval_all:
-            repeat_eval_ckpt(cfg, model, test_loader, args, eval_output_dir, logger, ckpt_dir, dist_test=dist_test)
+            # Nothing to evaluate is an error here (exit 2): a sweep that did nothing must not look like success.
+            repeat_eval_ckpt(
+                cfg, model, test_loader, args, eval_output_dir, logger, ckpt_dir, dist_test, nothing_is_error=True
+            )
         else:
             eval_single_ckpt(cfg, model, test_loader, args, eval_output_dir, logger, epoch_id, dist_test=dist_test)
     if dist_test:
@@ -116,4 +133,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, sys.argv[1:])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import shutil
+import sys
 from pathlib import Path
 
 import _init_path  # noqa: F401  (repo root on sys.path)
@@ -20,7 +21,14 @@ import torch
 from eval_utils.eval_utils import repeat_eval_ckpt
 from tensorboardX import SummaryWriter
 from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
-from train_utils.experiment import experiment_output_dir, load_experiment_config, log_run_header
+from train_utils.experiment import (
+    ToolError,
+    default_workers,
+    experiment_output_dir,
+    load_experiment_config,
+    log_run_header,
+    run_tool,
+)
 from train_utils.optimization import build_optimizer, build_scheduler
 from train_utils.train_utils import (
     load_training_checkpoint,
@@ -43,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg_file", type=str, required=True, help="experiment config")
     parser.add_argument("--batch_size", type=int, default=None, help="total batch size over all processes")
     parser.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the config's)")
-    parser.add_argument("--workers", type=int, default=4, help="data-loader workers per process")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="data-loader workers per process (default: min(4, cores))",
+    )
     parser.add_argument("--extra_tag", type=str, default="default", help="experiment sub-directory")
     parser.add_argument("--ckpt", type=str, default=None, help="resume from this checkpoint")
     parser.add_argument("--pretrained_model", type=str, default=None, help="initialise from these weights")
@@ -68,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip_eval", action="store_true", default=False, help="no evaluation after training (test.py runs separately)"
     )
     parser.add_argument("--save_to_file", action="store_true", default=False, help="write KITTI .txt predictions")
-    parser.add_argument("--use_tqdm_to_record", action="store_true", default=False, help="log lines, no bars")
+    parser.add_argument(
+        "--use_tqdm_to_record",
+        action="store_true",
+        default=False,
+        help="progress bars instead of the 'Train:' loss/LR lines in the log (OpenPCDet's meaning)",
+    )
     parser.add_argument("--logger_iter_interval", type=int, default=50, help="iterations between log lines")
     parser.add_argument("--ckpt_save_time_interval", type=int, default=300, help="seconds between latest_model saves")
     parser.add_argument("--wo_gpu_stat", action="store_true", help="leave GPU memory out of the log lines")
@@ -77,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output_root", type=str, default=None, help="replaces <repo>/output as the root of the output layout"
     )
+    parser.add_argument("--debug", action="store_true", help="full tracebacks on the console for input errors")
     parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return parser
 
@@ -97,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_size = cfg.OPTIMIZATION.BATCH_SIZE_PER_GPU
     else:
         if args.batch_size % world_size != 0:
-            raise SystemExit(f"--batch_size {args.batch_size} must be divisible by the {world_size} processes")
+            raise ToolError(f"--batch_size {args.batch_size} must be divisible by the {world_size} processes")
         args.batch_size //= world_size
     args.epochs = cfg.OPTIMIZATION.NUM_EPOCHS if args.epochs is None else args.epochs
     if args.fix_random_seed:
@@ -133,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         total_epochs=args.epochs,
     )
     if len(train_loader) == 0:
-        raise SystemExit("the training split is empty: check DATA_CONFIG.DATA_PATH and the info files")
+        raise ToolError("the training split is empty: check DATA_CONFIG.DATA_PATH and the info files")
 
     model = build_network(model_cfg=cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=train_set)
     if cfg.get("KD"):
@@ -141,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
         model = build_distiller(cfg, student=model, dataset=train_set, teacher_ckpt=args.teacher_ckpt, logger=logger)
     elif args.teacher_ckpt:
-        raise SystemExit("--teacher_ckpt is only meaningful with a config that has a KD block")
+        raise ToolError("--teacher_ckpt is only meaningful with a config that has a KD block")
     if args.sync_bn:
         if device.type == "cuda" and dist_train:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -158,11 +177,16 @@ def main(argv: list[str] | None = None) -> None:
         remove_stale_temp_files(ckpt_dir, logger)
     if args.ckpt is not None:
         start_iter, start_epoch = load_training_checkpoint(model, optimizer, args.ckpt, logger=logger)
-        start_epoch = max(start_epoch, 0)
+        start_epoch, resumed = max(start_epoch, 0), args.ckpt
     else:
         start_iter, start_epoch, resumed = resume_from_dir(model, optimizer, ckpt_dir, logger=logger)
         if resumed is None:
             logger.info(f"No checkpoint in {ckpt_dir}: training from scratch")
+    if start_epoch >= args.epochs:
+        logger.info(
+            f"Nothing to train: {resumed} is at epoch {start_epoch} and --epochs is {args.epochs} "
+            "(raise --epochs to continue, or use another --extra_tag to start a new run)"
+        )
 
     model.train()  # before DDP wraps it; a distiller keeps its teacher in eval mode
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -203,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         max_ckpt_save_num=args.max_ckpt_save_num,
         merge_all_iters_to_one_epoch=args.merge_all_iters_to_one_epoch,
         use_amp=use_amp,
-        use_logger_to_record=args.use_tqdm_to_record,
+        use_logger_to_record=not args.use_tqdm_to_record,
         logger=logger,
         logger_iter_interval=args.logger_iter_interval,
         ckpt_save_time_interval=args.ckpt_save_time_interval,
@@ -241,4 +265,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, sys.argv[1:])

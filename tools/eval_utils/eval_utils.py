@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import tqdm
 from tensorboardX import SummaryWriter
+from train_utils.experiment import ToolError
 
 from pcdet.datasets.data_issues import log_data_issue_totals
 from pcdet.models import load_data_to_gpu
@@ -223,12 +224,14 @@ def repeat_eval_ckpt(
     ckpt_dir,
     dist_test: bool = False,
     poll_seconds: float = 30.0,
+    nothing_is_error: bool = False,
 ) -> list:
     """Evaluate every checkpoint in ``ckpt_dir`` from ``args.start_epoch`` on, in epoch order, as they appear.
 
     Evaluated epochs are appended to ``eval_list_<split>.txt`` in ``eval_output_dir`` (a restarted sweep skips
     them) and their metrics go to tensorboard at step = epoch. Once nothing is left, new checkpoints are awaited
-    for up to ``args.max_waiting_mins`` minutes (0: stop at once). Returns the evaluated epoch ids.
+    for up to ``args.max_waiting_mins`` minutes (0: stop at once). Returns the evaluated epoch ids. A sweep that
+    evaluates nothing says why in one line: logged, or raised as ``ToolError`` with ``nothing_is_error``.
     """
     eval_output_dir = Path(eval_output_dir)
     split = cfg.DATA_CONFIG.DATA_SPLIT["test"]
@@ -249,7 +252,11 @@ def repeat_eval_ckpt(
             if waited >= args.max_waiting_mins * 60:
                 break
             if rank == 0:
-                logger.info(f"Wait {poll_seconds:.0f} seconds for the next checkpoint in {ckpt_dir} ...")
+                left = args.max_waiting_mins - waited / 60
+                logger.info(
+                    f"Wait {poll_seconds:.0f} seconds for the next checkpoint_epoch_*.pth (epoch >= "
+                    f"{args.start_epoch}) in {ckpt_dir} ({left:.1f} of {args.max_waiting_mins} min left) ..."
+                )
             time.sleep(poll_seconds)
             waited += poll_seconds
             continue
@@ -265,4 +272,26 @@ def repeat_eval_ckpt(
         evaluated.append(epoch_id)
     if tb_log is not None:
         tb_log.close()
+    if not evaluated:
+        message = nothing_to_evaluate(ckpt_dir, record_file, args.start_epoch, args.max_waiting_mins)
+        if nothing_is_error:
+            raise ToolError(message)
+        logger.info(message)
     return evaluated
+
+
+def nothing_to_evaluate(ckpt_dir: str | os.PathLike, record_file: Path, start_epoch: int, waited_mins: float) -> str:
+    """Why a sweep evaluated nothing: no such directory, no epoch checkpoint at all, or all of them excluded."""
+    ckpt_dir = Path(ckpt_dir)
+    waited = f" (waited {waited_mins} min)" if waited_mins else ""
+    if not ckpt_dir.is_dir():
+        return f"Nothing evaluated: checkpoint directory {ckpt_dir} does not exist{waited}"
+    epochs = sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _CKPT_RE.match(p.name)))
+    if not epochs:
+        return f"Nothing evaluated: no checkpoint_epoch_*.pth in {ckpt_dir}{waited}"
+    done = sorted(_evaluated_ids(record_file) & {str(e) for e in epochs}, key=int)
+    return (
+        f"Nothing evaluated: {ckpt_dir} holds epochs {', '.join(map(str, epochs))}; --start_epoch is {start_epoch}"
+        + (f" and {', '.join(done)} are already listed in {record_file}" if done else "")
+        + waited
+    )

@@ -340,7 +340,7 @@ def train_model(
     dataloader_iter = iter(train_loader) if merge_all_iters_to_one_epoch else None
 
     epochs = range(start_epoch, total_epochs)
-    show_bars = rank == 0 and not use_logger_to_record
+    show_bars = rank == 0 and not use_logger_to_record and len(epochs) > 0
     ebar = tqdm.tqdm(total=len(epochs), desc="epochs", dynamic_ncols=True) if show_bars else None
     for cur_epoch in epochs:
         done = min(max(accumulated_iter - cur_epoch * total_it_each_epoch, 0), total_it_each_epoch)
