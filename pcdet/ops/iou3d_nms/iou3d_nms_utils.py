@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ...utils import box_utils
+from .rotated_nms_cpu import greedy_rotated_nms
 
 # Pairs clipped per vectorised call: bounds the temporaries (~2 KB per pair in float64).
 _PAIR_CHUNK = 32768
@@ -273,7 +274,11 @@ def nms_gpu(
     into ``boxes`` in descending score order. ``kwargs`` absorbs the NMS config keys OpenPCDet passes along.
     """
     order = _sort_candidates(scores, pre_maxsize)
-    kept = _blocked_greedy_nms(boxes[order, 0:7], thresh, _rotated_suppression)
+    if boxes.device.type == "cpu":
+        # On a CPU the blocked formulation's cost is tensor-op overhead; one numba loop does the same tests.
+        kept = torch.from_numpy(greedy_rotated_nms(boxes[order, 0:7].detach().double().numpy(), thresh))
+    else:
+        kept = _blocked_greedy_nms(boxes[order, 0:7], thresh, _rotated_suppression)
     return order[kept].contiguous(), None
 
 
