@@ -49,6 +49,7 @@ class AnchorHeadTemplate(nn.Module):
         )
         # A plain list, not buffers: OpenPCDet's state dict has no anchors. Moved to the features' device on use.
         self.anchors = anchors
+        self._flat_anchors_cache: tuple | None = None  # (source tensors, their versions, concatenation)
         self.target_assigner = self.get_target_assigner(anchor_target_cfg)
         self.forward_ret_dict: dict = {}
         self.build_losses(model_cfg.LOSS_CONFIG)
@@ -77,9 +78,23 @@ class AnchorHeadTemplate(nn.Module):
         return self.anchors
 
     def flat_anchors(self, device: torch.device) -> torch.Tensor:
-        """All anchors ``(A_total, code)`` in prediction order (z, y, x, class, size, rotation)."""
-        anchors = torch.cat(self.anchors_on(device), dim=-3)
-        return anchors.view(-1, anchors.shape[-1])
+        """All anchors ``(A_total, code)`` in prediction order (z, y, x, class, size, rotation).
+
+        Built once and reused while ``self.anchors`` holds the same, unmodified tensors (identity and in-place
+        version are checked): concatenating them anew cost ~1 ms per frame on the KITTI grid (321k anchors).
+        """
+        anchors = self.anchors_on(device)
+        versions = [a._version for a in anchors]
+        cached = self._flat_anchors_cache
+        if (
+            cached is None
+            or len(cached[0]) != len(anchors)
+            or any(a is not b for a, b in zip(cached[0], anchors))
+            or cached[1] != versions
+        ):
+            flat = torch.cat(anchors, dim=-3)
+            cached = self._flat_anchors_cache = (list(anchors), versions, flat.view(-1, flat.shape[-1]))
+        return cached[2]
 
     def assign_targets(self, gt_boxes: torch.Tensor) -> dict:
         """``gt_boxes (B, M, 8)`` → ``box_cls_labels``, ``box_reg_targets``, ``reg_weights``."""
@@ -186,7 +201,7 @@ class AnchorHeadTemplate(nn.Module):
         ``batch_box_preds (B, N, 7)``, N = H·W·A in anchor order."""
         anchors = self.flat_anchors(box_preds.device)
         num_anchors = anchors.shape[0]
-        batch_anchors = anchors.view(1, num_anchors, -1).repeat(batch_size, 1, 1)
+        batch_anchors = anchors.view(1, num_anchors, -1).expand(batch_size, -1, -1)  # decoding only reads them
         batch_cls_preds = cls_preds.view(batch_size, num_anchors, -1).float()
         batch_box_preds = self.box_coder.decode_torch(box_preds.view(batch_size, num_anchors, -1), batch_anchors)
 
