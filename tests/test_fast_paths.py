@@ -19,7 +19,7 @@ from pcdet.models.dense_heads.target_assigner.axis_aligned_target_assigner impor
     AxisAlignedTargetAssigner,
     aligned_bev_iou_pairs,
 )
-from pcdet.ops.roiaware_pool3d.roiaware_pool3d_utils import points_in_boxes_cpu
+from pcdet.ops.roiaware_pool3d.roiaware_pool3d_utils import points_in_boxes_cpu, points_in_boxes_gpu
 from pcdet.utils import box_utils
 from pcdet.utils.box_coder_utils import ResidualCoder
 
@@ -155,7 +155,7 @@ def naive_points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_points_in_boxes_matches_brute_force_including_surfaces():
+def test_points_in_boxes_matches_brute_force_including_surfaces(device):
     rng = np.random.default_rng(0)
     points = rng.uniform([-5, -25, -3], [60, 25, 1], (20000, 3)).astype(np.float32)
     boxes = random_boxes(rng, 40, extent=(0, -20, 50, 20)).numpy()
@@ -169,8 +169,13 @@ def test_points_in_boxes_matches_brute_force_including_surfaces():
     assert got.dtype == np.int32 and got.shape == (40, len(points))
     np.testing.assert_array_equal(got, naive_points_in_boxes(points, boxes))
     assert got[0, -5] == 1 and got[0, -4] == 1 and got[1, -3] == 1 and got[1, -2] == 0 and got[2, -1] == 1
-    # Torch in, torch out; empty inputs give empty / all-zero memberships.
-    got_t = points_in_boxes_cpu(torch.from_numpy(points), torch.from_numpy(boxes))
-    assert isinstance(got_t, torch.Tensor) and np.array_equal(got_t.numpy(), got)
+    # Torch in, torch out, on the input's device; empty inputs give empty / all-zero memberships.
+    points_t, boxes_t = torch.from_numpy(points).to(device), torch.from_numpy(boxes).to(device)
+    got_t = points_in_boxes_cpu(points_t, boxes_t)
+    assert isinstance(got_t, torch.Tensor) and got_t.device == device and np.array_equal(got_t.cpu().numpy(), got)
+    # The batched variant: index of the first box holding each point, -1 for none.
+    first = points_in_boxes_gpu(points_t[None], boxes_t[None])[0].cpu().numpy()
+    expected_first = np.where(got.any(axis=0), got.argmax(axis=0), -1)
+    np.testing.assert_array_equal(first, expected_first)
     assert points_in_boxes_cpu(points[:0], boxes).shape == (40, 0)
     assert points_in_boxes_cpu(points, boxes[:0]).shape == (0, len(points))

@@ -10,8 +10,6 @@ from shapely.geometry import Polygon
 
 from pcdet.ops.iou3d_nms import iou3d_nms_utils as iou_nms
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
 
 def _polygon(box) -> Polygon:
     """Independent BEV footprint: rotate the (±dx/2, ±dy/2) rectangle by the heading and translate it."""
@@ -55,31 +53,33 @@ def _random_pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndar
     return a, b
 
 
-def test_bev_iou_matches_shapely_on_random_pairs():
+def test_bev_iou_matches_shapely_on_random_pairs(device):
     rng = np.random.default_rng(0)
     a, b = _random_pairs(rng, 600)
-    ours = iou_nms.boxes_bev_iou_cpu(a, b)
+    ours = iou_nms.boxes_iou_bev(torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)).cpu().numpy()
     ref = _shapely_iou_matrix(a, b)
     assert ours.shape == (600, 600)
     assert (np.diag(ref) > 0).sum() > 400  # the diagonal pairs mostly overlap: the clipping path is exercised
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
 
 
-def test_3d_iou_matches_shapely_times_height_overlap():
+def test_3d_iou_matches_shapely_times_height_overlap(device):
     rng = np.random.default_rng(1)
     a, b = _random_pairs(rng, 500)
-    ours = iou_nms.boxes_iou3d_gpu(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    ours = iou_nms.boxes_iou3d_gpu(torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)).cpu().numpy()
     ref = _shapely_iou_matrix(a, b, three_d=True)
     assert (np.diag(ref) > 0).sum() > 300
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
 
 
-def test_identical_boxes_give_one_even_in_float32_far_from_origin():
+def test_identical_boxes_give_one_even_in_float32_far_from_origin(device):
     boxes = torch.tensor(
-        [[60.3, -35.1, -1.0, 3.9, 1.6, 1.56, 0.7], [12.0, 5.0, 0.0, 0.8, 0.6, 1.7, -2.9], [1, 1, 1, 2, 2, 2, 0.0]]
+        [[60.3, -35.1, -1.0, 3.9, 1.6, 1.56, 0.7], [12.0, 5.0, 0.0, 0.8, 0.6, 1.7, -2.9], [1, 1, 1, 2, 2, 2, 0.0]],
+        device=device,
     )
-    assert torch.allclose(torch.diagonal(iou_nms.boxes_iou_bev(boxes, boxes)), torch.ones(3), atol=1e-6)
-    assert torch.allclose(torch.diagonal(iou_nms.boxes_iou3d_gpu(boxes, boxes)), torch.ones(3), atol=1e-6)
+    ones = torch.ones(3, device=device)
+    assert torch.allclose(torch.diagonal(iou_nms.boxes_iou_bev(boxes, boxes)), ones, atol=1e-6)
+    assert torch.allclose(torch.diagonal(iou_nms.boxes_iou3d_gpu(boxes, boxes)), ones, atol=1e-6)
 
 
 def test_near_coincident_pairs_stay_accurate():
@@ -97,7 +97,7 @@ def test_near_coincident_pairs_stay_accurate():
     assert ours.min() > 1 - 1e-5
 
 
-def test_special_configurations_have_analytic_answers():
+def test_special_configurations_have_analytic_answers(device):
     square = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
     cases = [
         ([0, 0, 0, 1, 1, 1, np.pi / 4], math.sqrt(2) / 2),  # 45° twin: octagon 2(√2 − 1) over union 2 − that
@@ -109,9 +109,9 @@ def test_special_configurations_have_analytic_answers():
         ([0, 0, 0, 1, 1, 1, np.pi], 1.0),  # heading is periodic in π for the footprint
         ([0, 0, 0, 2, 0.5, 1, np.pi / 2], 0.5 / 1.5),  # cross: a 0.5 × 1 strip of each
     ]
-    a = torch.tensor([square], dtype=torch.float64)
-    b = torch.tensor([c[0] for c in cases], dtype=torch.float64)
-    expected = torch.tensor([c[1] for c in cases], dtype=torch.float64)
+    a = torch.tensor([square], dtype=torch.float64, device=device)
+    b = torch.tensor([c[0] for c in cases], dtype=torch.float64, device=device)
+    expected = torch.tensor([c[1] for c in cases], dtype=torch.float64, device=device)
     torch.testing.assert_close(iou_nms.boxes_iou_bev(a, b)[0], expected, atol=1e-9, rtol=0)
 
 
@@ -124,26 +124,25 @@ def test_dx_dy_swap_with_quarter_turn_is_the_same_footprint():
     np.testing.assert_allclose(iou_nms.boxes_bev_iou_cpu(a, b), iou_nms.boxes_bev_iou_cpu(a, b_swapped), atol=1e-9)
 
 
-def test_3d_iou_uses_z_as_centre():
-    a = torch.tensor([[0.0, 0, 0, 2, 2, 2, 0]])
-    b = torch.tensor([[0.0, 0, 1, 2, 2, 2, 0.3], [0.0, 0, 2.5, 2, 2, 2, 0], [0.0, 0, -1, 2, 2, 2, 0]])
+def test_3d_iou_uses_z_as_centre(device):
+    a = torch.tensor([[0.0, 0, 0, 2, 2, 2, 0]], device=device)
+    b = torch.tensor([[0.0, 0, 1, 2, 2, 2, 0.3], [0.0, 0, 2.5, 2, 2, 2, 0], [0.0, 0, -1, 2, 2, 2, 0]], device=device)
     bev = iou_nms.boxes_overlap_bev(a, b)[0]
-    expected = torch.stack([bev[0] * 1 / (16 - bev[0] * 1), torch.tensor(0.0), torch.tensor(4 / 12)])
+    expected = torch.stack([bev[0] * 1 / (16 - bev[0] * 1), bev.new_tensor(0.0), bev.new_tensor(4 / 12)])
     torch.testing.assert_close(iou_nms.boxes_iou3d_gpu(a, b)[0], expected, atol=1e-6, rtol=0)
 
 
-def test_degenerate_and_empty_inputs():
-    a = torch.tensor([[0.0, 0, 0, 0, 0, 1, 0], [0.0, 0, 0, 2, 2, 1, 0]])
+def test_degenerate_and_empty_inputs(device):
+    a = torch.tensor([[0.0, 0, 0, 0, 0, 1, 0], [0.0, 0, 0, 2, 2, 1, 0]], device=device)
     iou = iou_nms.boxes_iou_bev(a, a)
     assert iou[0].tolist() == [0.0, 0.0]  # a zero-size box overlaps nothing, itself included
     assert iou[1, 1].item() == pytest.approx(1.0)
     assert iou_nms.boxes_iou_bev(a, a[:0]).shape == (2, 0)
     assert iou_nms.boxes_iou3d_gpu(a[:0], a).shape == (0, 2)
-    keep, _ = iou_nms.nms_gpu(a[:0], torch.zeros(0), 0.5)
+    keep, _ = iou_nms.nms_gpu(a[:0], torch.zeros(0, device=device), 0.5)
     assert keep.shape == (0,) and keep.dtype == torch.long
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_types_devices_and_dtypes_follow_the_input(device):
     rng = np.random.default_rng(3)
     a, b = _random_pairs(rng, 20)
@@ -154,10 +153,10 @@ def test_types_devices_and_dtypes_follow_the_input(device):
     tb = torch.from_numpy(b).float().to(device)
     for fn in (iou_nms.boxes_iou_bev, iou_nms.boxes_iou3d_gpu, iou_nms.boxes_overlap_bev, iou_nms.boxes_bev_iou_cpu):
         out = fn(ta, tb)
-        assert out.dtype == torch.float32 and out.device.type == device and out.shape == (20, 20)
+        assert out.dtype == torch.float32 and out.device == device and out.shape == (20, 20)
     np.testing.assert_allclose(iou_nms.boxes_iou_bev(ta, tb).cpu().numpy(), out_np, atol=1e-6)
     keep, extra = iou_nms.nms_gpu(ta, torch.rand(20, device=device), 0.1)
-    assert extra is None and keep.dtype == torch.long and keep.device.type == device
+    assert extra is None and keep.dtype == torch.long and keep.device == device
 
 
 def test_chunked_paths_agree_with_unchunked(monkeypatch):
@@ -210,32 +209,38 @@ def _axis_aligned_iou(boxes: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("thresh", "pre_maxsize", "block"), [(0.01, None, 256), (0.1, 150, 256), (0.5, None, 16), (0.7, None, 5)]
 )
-def test_rotated_nms_matches_naive_greedy(monkeypatch, thresh, pre_maxsize, block):
+def test_rotated_nms_matches_naive_greedy(monkeypatch, device, thresh, pre_maxsize, block):
     monkeypatch.setattr(iou_nms, "_NMS_BLOCK", block)
     boxes, scores = _clustered_scene(np.random.default_rng(5), 240, 12)
     expected = _reference_greedy(boxes, scores, thresh, lambda b: _shapely_iou_matrix(b, b), pre_maxsize)
+    boxes, scores = boxes.to(device), scores.to(device)
+    # nms_gpu: the numba loop on CPU, the blocked formulation on CUDA; the blocked one is checked on every device.
     keep, _ = iou_nms.nms_gpu(boxes, scores, thresh, pre_maxsize=pre_maxsize, NMS_POST_MAXSIZE=500)
+    order = iou_nms._sort_candidates(scores, pre_maxsize)
+    blocked = order[iou_nms._blocked_greedy_nms(boxes[order], thresh, iou_nms._rotated_suppression)]
     assert 1 < len(expected) < (pre_maxsize or len(boxes))
-    assert keep.tolist() == expected.tolist()
+    assert keep.cpu().tolist() == expected.tolist()
+    assert blocked.cpu().tolist() == expected.tolist()
 
 
-def test_nms_keeps_in_score_order_and_suppresses_strictly_above_thresh():
-    boxes = torch.tensor([[0.0, 0, 0, 1, 1, 1, 0], [0.5, 0, 0, 1, 1, 1, 0], [5.0, 0, 0, 1, 1, 1, 0]])
-    scores = torch.tensor([0.2, 0.9, 0.5])
+def test_nms_keeps_in_score_order_and_suppresses_strictly_above_thresh(device):
+    boxes = torch.tensor([[0.0, 0, 0, 1, 1, 1, 0], [0.5, 0, 0, 1, 1, 1, 0], [5.0, 0, 0, 1, 1, 1, 0]], device=device)
+    scores = torch.tensor([0.2, 0.9, 0.5], device=device)
     assert iou_nms.nms_gpu(boxes, scores, 0.5)[0].tolist() == [1, 2, 0]  # IoU 1/3 ≤ 0.5: both kept
     assert iou_nms.nms_gpu(boxes, scores, 1 / 3 - 1e-6)[0].tolist() == [1, 2]
     assert iou_nms.nms_gpu(boxes, scores, 0.5, pre_maxsize=2)[0].tolist() == [1, 2]
 
 
 @pytest.mark.parametrize("thresh", [0.1, 0.5])
-def test_axis_aligned_nms_ignores_heading(monkeypatch, thresh):
+def test_axis_aligned_nms_ignores_heading(monkeypatch, device, thresh):
     monkeypatch.setattr(iou_nms, "_NMS_BLOCK", 32)
     boxes, scores = _clustered_scene(np.random.default_rng(6), 200, 10)
     expected = _reference_greedy(boxes, scores, thresh, _axis_aligned_iou)
+    boxes, scores = boxes.to(device), scores.to(device)
     keep, extra = iou_nms.nms_normal_gpu(boxes, scores, thresh)
-    assert extra is None and keep.tolist() == expected.tolist()
+    assert extra is None and keep.cpu().tolist() == expected.tolist()
     spun = boxes.clone()
-    spun[:, 6] = torch.rand(len(spun)) * 6
+    spun[:, 6] = torch.rand(len(spun), device=device) * 6
     assert iou_nms.nms_normal_gpu(spun, scores, thresh)[0].tolist() == keep.tolist()
 
 

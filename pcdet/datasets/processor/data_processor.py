@@ -13,9 +13,20 @@ from ...utils import box_utils, common_utils
 
 
 class _Voxelizer:
-    """Wraps spconv's ``PointToVoxel``; built lazily because spconv objects cannot be pickled to loader workers."""
+    """Wraps spconv's ``PointToVoxel``; built lazily because spconv objects cannot be pickled to loader workers.
 
-    def __init__(self, voxel_size, point_cloud_range, num_point_features: int, max_points: int, max_voxels: int):
+    ``device``: where the voxelisation runs (the data pipeline uses the CPU; the tests also run it on CUDA).
+    """
+
+    def __init__(
+        self,
+        voxel_size,
+        point_cloud_range,
+        num_point_features: int,
+        max_points: int,
+        max_voxels: int,
+        device: torch.device | str = "cpu",
+    ):
         from ...utils import spconv_utils  # noqa: F401  (the one spconv entry point: installs the CPU shim first)
 
         # isort: split
@@ -27,7 +38,9 @@ class _Voxelizer:
             num_point_features=num_point_features,
             max_num_voxels=max_voxels,
             max_num_points_per_voxel=max_points,
+            device=torch.device(device),
         )
+        self._device = torch.device(device)
 
     def generate(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``voxels (V, P, C)`` (unused slots zero), ``coords (V, 3) [z, y, x]`` int32, ``num_points (V,)`` int32.
@@ -35,8 +48,9 @@ class _Voxelizer:
         Voxels come in the order their first point appears; points beyond ``P`` in a voxel, voxels beyond the cap
         and points outside the range are dropped.
         """
-        voxels, coords, num_points = self._generator(torch.from_numpy(np.ascontiguousarray(points, np.float32)))
-        return voxels.numpy(), coords.numpy(), num_points.numpy()
+        points_t = torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(self._device)
+        voxels, coords, num_points = self._generator(points_t)
+        return voxels.cpu().numpy(), coords.cpu().numpy(), num_points.cpu().numpy()
 
 
 class DataProcessor:

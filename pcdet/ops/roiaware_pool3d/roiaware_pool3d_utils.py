@@ -42,7 +42,7 @@ def points_in_boxes_cpu(points, boxes):
     points_t, is_numpy = common_utils.check_numpy_to_torch(points)
     boxes_t, _ = common_utils.check_numpy_to_torch(boxes)
     num_boxes, num_points = boxes_t.shape[0], points_t.shape[0]
-    out = torch.zeros((num_boxes, num_points), dtype=torch.int32)
+    out = torch.zeros((num_boxes, num_points), dtype=torch.int32, device=points_t.device)
     if num_boxes > 0 and num_points > 0:
         pts = points_t[:, 0:3].double()
         box = boxes_t[:, 0:7].double()
