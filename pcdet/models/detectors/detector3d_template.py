@@ -430,7 +430,7 @@ class Detector3DTemplate(nn.Module):
         loaded, total = len(update_model_state), len(state_dict)
         # Fine-tuning with a new head loads most weights; loading fewer than half is almost always the wrong file.
         level = logging.WARNING if loaded * 2 < total else logging.INFO
-        kept = f"; the other {total - loaded} keep their initialisation" if loaded < total else ""
+        kept = f"; the other {total - loaded} keep the model's own values" if loaded < total else ""
         logger.log(level, "==> Done (loaded %d/%d from %s%s)", loaded, total, files, kept)
 
     def load_params_strict(self, filename: str, logger: logging.Logger | None = None, to_cpu: bool = False) -> dict:
