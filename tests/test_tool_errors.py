@@ -246,3 +246,33 @@ def test_slurm_scripts_run_srun_with_openpcdets_arguments(tmp_path, script, args
     assert proc.stdout.strip() == expected.format(tools=TOOLS)
     usage = subprocess.run(["bash", f"scripts/{script}"], cwd=TOOLS, env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+class _CorruptLoader:
+    """A loader whose first batch fails, as one reading a corrupt frame does."""
+
+    dataset = SimpleNamespace(class_names=["Car"])
+
+    def __len__(self) -> int:
+        return 2
+
+    def __iter__(self):
+        raise PointCloudError("corrupt LiDAR file 000004.bin: 6 bytes is not a multiple of 16")
+
+
+def test_an_error_during_evaluation_starts_its_own_line_after_the_progress_bar(tmp_path, capsys):
+    from argparse import Namespace
+
+    from eval_utils.eval_utils import eval_one_epoch
+
+    cfg = EasyDict(MODEL=EasyDict(POST_PROCESSING=EasyDict()))
+    logger = logging.getLogger("pcdet.test_bar")
+
+    def main(argv):
+        eval_one_epoch(cfg, Namespace(), torch.nn.Linear(1, 1), _CorruptLoader(), 1, logger, result_dir=tmp_path)
+
+    with pytest.raises(SystemExit):
+        run_tool(main, [])
+    lines = [line for line in capsys.readouterr().err.split("\n") if line]
+    assert lines[-1] == "error: corrupt LiDAR file 000004.bin: 6 bytes is not a multiple of 16"
+    assert "eval" in lines[-2]  # the closed bar, on its own line

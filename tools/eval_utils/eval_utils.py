@@ -88,29 +88,31 @@ def eval_one_epoch(
     model.eval()
     pbar = tqdm.tqdm(total=len(dataloader), leave=True, desc="eval", dynamic_ncols=True) if rank == 0 else None
     start = time.time()
-    for i, batch_dict in enumerate(dataloader):
-        load_data_to_gpu(batch_dict, device=device)
-        _synchronize(device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            pred_dicts, ret_dict = model(batch_dict)
-        _synchronize(device)
-        # The first batch pays for lazy initialisation (kernels, allocator); leave it out when there are others.
-        if i > 0 or len(dataloader) == 1:
-            forward_ms.append((time.perf_counter() - t0) * 1000.0)
-            frames_timed += batch_dict["batch_size"]
-        disp_dict: dict = {}
-        statistics_info(cfg, ret_dict, metric, disp_dict)
-        det_annos += dataset.generate_prediction_dicts(
-            batch_dict, pred_dicts, class_names, output_path=final_output_dir
-        )
+    try:  # the bar is closed however the loop ends: an error message then starts on its own line
+        for i, batch_dict in enumerate(dataloader):
+            load_data_to_gpu(batch_dict, device=device)
+            _synchronize(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                pred_dicts, ret_dict = model(batch_dict)
+            _synchronize(device)
+            # The first batch pays for lazy initialisation (kernels, allocator); leave it out when there are others.
+            if i > 0 or len(dataloader) == 1:
+                forward_ms.append((time.perf_counter() - t0) * 1000.0)
+                frames_timed += batch_dict["batch_size"]
+            disp_dict: dict = {}
+            statistics_info(cfg, ret_dict, metric, disp_dict)
+            det_annos += dataset.generate_prediction_dicts(
+                batch_dict, pred_dicts, class_names, output_path=final_output_dir
+            )
+            if pbar is not None:
+                if infer_time and frames_timed:
+                    disp_dict["infer_time"] = f"{sum(forward_ms) / frames_timed:.1f}ms"
+                pbar.set_postfix(disp_dict)
+                pbar.update()
+    finally:
         if pbar is not None:
-            if infer_time and frames_timed:
-                disp_dict["infer_time"] = f"{sum(forward_ms) / frames_timed:.1f}ms"
-            pbar.set_postfix(disp_dict)
-            pbar.update()
-    if pbar is not None:
-        pbar.close()
+            pbar.close()
 
     if dist_test:
         det_annos = common_utils.merge_results_dist(det_annos, len(dataset), tmpdir=result_dir / "tmpdir")

@@ -230,69 +230,72 @@ def train_one_epoch(
     loss_meter, data_meter, step_meter = (common_utils.AverageMeter() for _ in range(3))
     epoch_start = end = time.time()
 
-    for cur_it in range(num_iters):
-        batch = next(dataloader_iter)
-        data_time = time.time() - end
+    try:  # the bar is closed however the loop ends: an error message then starts on its own line
+        for cur_it in range(num_iters):
+            batch = next(dataloader_iter)
+            data_time = time.time() - end
 
-        active_scheduler(accumulated_iter, lr_scheduler, lr_warmup_scheduler).step(accumulated_iter)
-        cur_lr, cur_mom = get_lr(optimizer), get_momentum(optimizer)
+            active_scheduler(accumulated_iter, lr_scheduler, lr_warmup_scheduler).step(accumulated_iter)
+            cur_lr, cur_mom = get_lr(optimizer), get_momentum(optimizer)
 
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-            loss, tb_dict, disp_dict = model_func(model, batch)
-        if use_amp:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            grad_norm = clip_grad_norm_(model.parameters(), optim_cfg.GRAD_NORM_CLIP)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            grad_norm = clip_grad_norm_(model.parameters(), optim_cfg.GRAD_NORM_CLIP)
-            optimizer.step()
-        accumulated_iter += 1
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                loss, tb_dict, disp_dict = model_func(model, batch)
+            if use_amp:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                grad_norm = clip_grad_norm_(model.parameters(), optim_cfg.GRAD_NORM_CLIP)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                grad_norm = clip_grad_norm_(model.parameters(), optim_cfg.GRAD_NORM_CLIP)
+                optimizer.step()
+            accumulated_iter += 1
 
-        loss_value = _scalar(loss)
-        step_time = time.time() - end - data_time
-        end = time.time()
-        loss_meter.update(loss_value)
-        data_meter.update(data_time)
-        step_meter.update(step_time)
-        tb_scalars = {key: _scalar(val) for key, val in tb_dict.items()}
+            loss_value = _scalar(loss)
+            step_time = time.time() - end - data_time
+            end = time.time()
+            loss_meter.update(loss_value)
+            data_meter.update(data_time)
+            step_meter.update(step_time)
+            tb_scalars = {key: _scalar(val) for key, val in tb_dict.items()}
 
-        if rank == 0:
-            if tb_log is not None:
-                tb_log.add_scalar("train/loss", loss_value, accumulated_iter)
-                tb_log.add_scalar("meta_data/learning_rate", cur_lr, accumulated_iter)
-                if cur_mom is not None:
-                    tb_log.add_scalar("meta_data/momentum", cur_mom, accumulated_iter)
-                tb_log.add_scalar("meta_data/grad_norm", _scalar(grad_norm), accumulated_iter)
-                for key, val in tb_scalars.items():
-                    tb_log.add_scalar(f"train/{key}", val, accumulated_iter)
-            if pbar is not None:
-                disp_dict.update({"loss": f"{loss_value:.4f}", "lr": f"{cur_lr:.3e}"})
-                pbar.set_postfix(disp_dict)
-                pbar.update()
-            elif cur_it % max(logger_iter_interval, 1) == 0 or cur_it == num_iters - 1:
-                elapsed = end - epoch_start
-                eta = elapsed / (cur_it + 1) * (num_iters - cur_it - 1)
-                gpu = ""
-                if show_gpu_stat and torch.cuda.is_available():
-                    gpu = f" GPU mem {torch.cuda.max_memory_allocated() / 2**30:.2f}G"
-                terms = " ".join(f"{key}={val:.5g}" for key, val in tb_scalars.items())
-                logger.info(
-                    f"Train: epoch {cur_epoch + 1}/{total_epochs} [{cur_it + 1}/{num_iters}] "
-                    f"Acc_iter {accumulated_iter} LR {cur_lr:.4e} Loss {loss_value:.4f} ({loss_meter.avg:.4f}) "
-                    f"Time data {data_meter.avg:.2f}s step {step_meter.avg:.2f}s ETA {_format_eta(eta)}{gpu} {terms}"
-                )
-            if latest_saver is not None and latest_saver.maybe_save(model, optimizer, cur_epoch, accumulated_iter):
-                logger.info(f"Saved {LATEST_NAME} at iteration {accumulated_iter}")
-        if not math.isfinite(loss_value):
-            logger.warning(f"Non-finite loss {loss_value} at iteration {accumulated_iter}")
+            if rank == 0:
+                if tb_log is not None:
+                    tb_log.add_scalar("train/loss", loss_value, accumulated_iter)
+                    tb_log.add_scalar("meta_data/learning_rate", cur_lr, accumulated_iter)
+                    if cur_mom is not None:
+                        tb_log.add_scalar("meta_data/momentum", cur_mom, accumulated_iter)
+                    tb_log.add_scalar("meta_data/grad_norm", _scalar(grad_norm), accumulated_iter)
+                    for key, val in tb_scalars.items():
+                        tb_log.add_scalar(f"train/{key}", val, accumulated_iter)
+                if pbar is not None:
+                    disp_dict.update({"loss": f"{loss_value:.4f}", "lr": f"{cur_lr:.3e}"})
+                    pbar.set_postfix(disp_dict)
+                    pbar.update()
+                elif cur_it % max(logger_iter_interval, 1) == 0 or cur_it == num_iters - 1:
+                    elapsed = end - epoch_start
+                    eta = elapsed / (cur_it + 1) * (num_iters - cur_it - 1)
+                    gpu = ""
+                    if show_gpu_stat and torch.cuda.is_available():
+                        gpu = f" GPU mem {torch.cuda.max_memory_allocated() / 2**30:.2f}G"
+                    terms = " ".join(f"{key}={val:.5g}" for key, val in tb_scalars.items())
+                    logger.info(
+                        f"Train: epoch {cur_epoch + 1}/{total_epochs} [{cur_it + 1}/{num_iters}] "
+                        f"Acc_iter {accumulated_iter} LR {cur_lr:.4e} Loss {loss_value:.4f} ({loss_meter.avg:.4f}) "
+                        f"Time data {data_meter.avg:.2f}s step {step_meter.avg:.2f}s "
+                        f"ETA {_format_eta(eta)}{gpu} {terms}"
+                    )
+                if latest_saver is not None and latest_saver.maybe_save(model, optimizer, cur_epoch, accumulated_iter):
+                    logger.info(f"Saved {LATEST_NAME} at iteration {accumulated_iter}")
+            if not math.isfinite(loss_value):
+                logger.warning(f"Non-finite loss {loss_value} at iteration {accumulated_iter}")
 
-    if pbar is not None:
-        pbar.close()
+    finally:
+        if pbar is not None:
+            pbar.close()
     return accumulated_iter
 
 
@@ -342,48 +345,52 @@ def train_model(
     epochs = range(start_epoch, total_epochs)
     show_bars = rank == 0 and not use_logger_to_record and len(epochs) > 0
     ebar = tqdm.tqdm(total=len(epochs), desc="epochs", dynamic_ncols=True) if show_bars else None
-    for cur_epoch in epochs:
-        done = min(max(accumulated_iter - cur_epoch * total_it_each_epoch, 0), total_it_each_epoch)
-        if train_sampler is not None:
-            train_sampler.set_epoch(cur_epoch)
-        if epoch_seed is not None:
-            common_utils.set_random_seed(epoch_seed + cur_epoch)
-        if not merge_all_iters_to_one_epoch:
-            dataloader_iter = iter(train_loader)
-        accumulated_iter = train_one_epoch(
-            model,
-            optimizer,
-            dataloader_iter,
-            model_func,
-            lr_scheduler,
-            accumulated_iter,
-            optim_cfg,
-            rank,
-            total_it_each_epoch - done,
-            lr_warmup_scheduler=lr_warmup_scheduler,
-            tb_log=tb_log,
-            scaler=scaler,
-            logger=logger,
-            use_logger_to_record=use_logger_to_record,
-            logger_iter_interval=logger_iter_interval,
-            cur_epoch=cur_epoch,
-            total_epochs=total_epochs,
-            latest_saver=latest_saver,
-            show_gpu_stat=show_gpu_stat,
-            leave_pbar=cur_epoch + 1 == total_epochs,
-        )
-        trained_epoch = cur_epoch + 1
-        log_data_issue_totals(train_loader.dataset, logger, f"Data issues up to epoch {trained_epoch} (frames)")
-        # The last epoch is always saved: the evaluation after training needs it.
-        if rank == 0 and (trained_epoch % max(ckpt_save_interval, 1) == 0 or trained_epoch == total_epochs):
-            path = save_checkpoint(
-                checkpoint_state(model, optimizer, trained_epoch, accumulated_iter),
-                ckpt_save_dir / f"{CKPT_PREFIX}{trained_epoch}",
+    try:
+        for cur_epoch in epochs:
+            done = min(max(accumulated_iter - cur_epoch * total_it_each_epoch, 0), total_it_each_epoch)
+            if train_sampler is not None:
+                train_sampler.set_epoch(cur_epoch)
+            if epoch_seed is not None:
+                common_utils.set_random_seed(epoch_seed + cur_epoch)
+            if not merge_all_iters_to_one_epoch:
+                dataloader_iter = iter(train_loader)
+            accumulated_iter = train_one_epoch(
+                model,
+                optimizer,
+                dataloader_iter,
+                model_func,
+                lr_scheduler,
+                accumulated_iter,
+                optim_cfg,
+                rank,
+                total_it_each_epoch - done,
+                lr_warmup_scheduler=lr_warmup_scheduler,
+                tb_log=tb_log,
+                scaler=scaler,
+                logger=logger,
+                use_logger_to_record=use_logger_to_record,
+                logger_iter_interval=logger_iter_interval,
+                cur_epoch=cur_epoch,
+                total_epochs=total_epochs,
+                latest_saver=latest_saver,
+                show_gpu_stat=show_gpu_stat,
+                leave_pbar=cur_epoch + 1 == total_epochs,
             )
-            removed = prune_checkpoints(ckpt_save_dir, max_ckpt_save_num)
-            logger.info(f"Saved {path.name}" + (f"; removed {', '.join(p.name for p in removed)}" if removed else ""))
+            trained_epoch = cur_epoch + 1
+            log_data_issue_totals(train_loader.dataset, logger, f"Data issues up to epoch {trained_epoch} (frames)")
+            # The last epoch is always saved: the evaluation after training needs it.
+            if rank == 0 and (trained_epoch % max(ckpt_save_interval, 1) == 0 or trained_epoch == total_epochs):
+                path = save_checkpoint(
+                    checkpoint_state(model, optimizer, trained_epoch, accumulated_iter),
+                    ckpt_save_dir / f"{CKPT_PREFIX}{trained_epoch}",
+                )
+                removed = prune_checkpoints(ckpt_save_dir, max_ckpt_save_num)
+                logger.info(
+                    f"Saved {path.name}" + (f"; removed {', '.join(p.name for p in removed)}" if removed else "")
+                )
+            if ebar is not None:
+                ebar.update()
+    finally:
         if ebar is not None:
-            ebar.update()
-    if ebar is not None:
-        ebar.close()
+            ebar.close()
     return accumulated_iter
