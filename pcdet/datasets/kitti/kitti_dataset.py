@@ -25,6 +25,7 @@ from ...utils import box_utils, calibration_kitti, common_utils, object3d_kitti
 from ...utils.checkpoint_io import safe_pickle_load
 from ...utils.point_cloud_io import PointCloudError, load_points_bin
 from ..dataset import DatasetTemplate, _to_numpy
+from ..shared_memory import SharedPointClouds
 
 _ITEMS = ("points", "images", "gt_boxes2d")
 
@@ -49,6 +50,16 @@ class KittiDataset(DatasetTemplate):
         self._missing_planes = 0
         self.kitti_infos: list[dict] = []
         self.include_kitti_data(self.mode)
+        self.shared_points: SharedPointClouds | None = None
+        if self.training and dataset_cfg.get("USE_SHARED_MEMORY", False):
+            self.shared_points = SharedPointClouds(
+                self.root_path,
+                [info["point_cloud"]["lidar_idx"] for info in self.kitti_infos],
+                read_points=self._read_lidar_file,
+                frame_file=self._lidar_file,
+                limit=dataset_cfg.get("SHARED_MEMORY_FILE_LIMIT"),
+                logger=self.logger,
+            )
 
     def _disabled_augs(self) -> list:
         return list(self.dataset_cfg.DATA_AUGMENTOR.get("DISABLE_AUG_LIST", []))
@@ -76,8 +87,18 @@ class KittiDataset(DatasetTemplate):
 
     # ------------------------------------------------------------------------------------------------ raw files
     def get_lidar(self, idx: str) -> np.ndarray:
-        """Points ``(N, 4)`` float32: x, y, z, intensity."""
-        return load_points_bin(self.root_split_path / "velodyne" / f"{idx}.bin", num_features=4)
+        """Points ``(N, 4)`` float32: x, y, z, intensity (from shared memory when the frame is there)."""
+        if self.shared_points is not None:
+            points = self.shared_points.points(idx)
+            if points is not None:
+                return points
+        return self._read_lidar_file(idx)
+
+    def _lidar_file(self, idx: str) -> Path:
+        return self.root_split_path / "velodyne" / f"{idx}.bin"
+
+    def _read_lidar_file(self, idx: str) -> np.ndarray:
+        return load_points_bin(self._lidar_file(idx), num_features=4)
 
     def get_image(self, idx: str) -> np.ndarray:
         """Left colour image ``(H, W, 3)`` float32 in [0, 1]."""
