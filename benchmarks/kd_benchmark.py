@@ -1,145 +1,174 @@
 """The KD benchmark on the synthetic set: teacher, 4x/16x students, every KD loss, ablations; mean ± std over seeds.
 
-    .venv/bin/python benchmarks/kd_benchmark.py                       # full protocol, 3 seeds -> docs/BENCHMARK.md
-    .venv/bin/python benchmarks/kd_benchmark.py --runs teacher 4x pointdistiller --seeds 0
+    .venv/bin/python benchmarks/kd_benchmark.py                      # the protocol, test split -> docs/BENCHMARK.md
+    .venv/bin/python benchmarks/kd_benchmark.py --split dev --runs 4x pointdistiller pd_frozen --seeds 0
+    .venv/bin/python benchmarks/kd_benchmark.py --split dev --curves    # learning curves of teacher / 4x / 16x
 
-Every run is an ordinary ``train.py`` / ``test.py`` call (printed before it starts), made through the main job's
-runner, so finished runs are skipped when the script is started again (it can be interrupted and resumed). Seed s
-trains its own teacher, and the seed-s students distil from it. The table is rewritten after every finished run,
-with the number of seeds each row holds. Accuracy is KITTI moderate R40 AP on the synthetic val split, which is
-never used for any choice (configs are fixed before the run).
+Three splits, each generated from its own generator seed (docs/BENCHMARK.md, "Protocol"): every run trains on
+``train``; ``dev`` (frames of the same data directory, disjoint from train) serves every choice — schedules,
+weights, options, learning curves; ``test`` (a separate directory, another seed) is opened only by the report of
+``--split test``, never by ``--split dev`` or ``--curves``. Every run is an ordinary ``train.py`` / ``test.py`` call
+(printed before it starts) and is skipped when it already finished with the same inputs, so the script resumes
+after an interruption, also across sessions. Independent runs go side by side (``--parallel``, one torch thread
+each); seed s trains its own teacher and the seed-s students distil from it. The report is rewritten after every
+finished evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-import main_job  # noqa: E402  (tools/ is not a package; the runner lives there)
+import kd_report  # noqa: E402
+import stage_runner  # noqa: E402  (tools/ is not a package; the stage runner lives there)
+
+TEACHER_CFG = "pointpillar_synthetic.yaml"
+STUDENT_4X, STUDENT_16X = "pointpillar_4x_synthetic.yaml", "pointpillar_16x_synthetic.yaml"
 
 # name -> (row label, train config, eval config, distilled from the teacher?)
 RUNS = {
-    "teacher": ("PointPillars teacher", "pointpillar_synthetic.yaml", "pointpillar_synthetic.yaml", False),
-    "4x": ("4x student", "pointpillar_4x_synthetic.yaml", "pointpillar_4x_synthetic.yaml", False),
-    "16x": ("16x student", "pointpillar_16x_synthetic.yaml", "pointpillar_16x_synthetic.yaml", False),
-    "pointdistiller": ("4x + PointDistiller", "pointpillar_kd_synthetic.yaml", "pointpillar_4x_synthetic.yaml", True),
-    "pointdistiller_16x": (
-        "16x + PointDistiller",
-        "pointpillar_kd_16x_synthetic.yaml",
-        "pointpillar_16x_synthetic.yaml",
-        True,
-    ),
-    "fitnet": ("4x + FitNet", "pointpillar_kd_fitnet_synthetic.yaml", "pointpillar_4x_synthetic.yaml", True),
-    "at": ("4x + Attention Transfer", "pointpillar_kd_at_synthetic.yaml", "pointpillar_4x_synthetic.yaml", True),
-    "sp": ("4x + Similarity-Preserving", "pointpillar_kd_sp_synthetic.yaml", "pointpillar_4x_synthetic.yaml", True),
-    "response": ("4x + response KD", "pointpillar_kd_response_synthetic.yaml", "pointpillar_4x_synthetic.yaml", True),
-    "agkd": ("4x + attention-guided KD", "pointpillar_kd_agkd_synthetic.yaml", "pointpillar_4x_synthetic.yaml", True),
-    "ld_only": ("4x + PD, LD only", "pointpillar_kd_ld_only_synthetic.yaml", "pointpillar_4x_synthetic.yaml", True),
-    "rl_only": ("4x + PD, RL only", "pointpillar_kd_rl_only_synthetic.yaml", "pointpillar_4x_synthetic.yaml", True),
-    "zscore": (
-        "4x + PD, z-score, tau 1",
-        "pointpillar_kd_zscore_synthetic.yaml",
-        "pointpillar_4x_synthetic.yaml",
-        True,
-    ),
-    "max_tau01": (
-        "4x + PD, max-norm, tau 0.1",
-        "pointpillar_kd_max_tau01_synthetic.yaml",
-        "pointpillar_4x_synthetic.yaml",
-        True,
-    ),
+    "teacher": ("PointPillars teacher", TEACHER_CFG, TEACHER_CFG, False),
+    "4x": ("4x student", STUDENT_4X, STUDENT_4X, False),
+    "pointdistiller": ("4x + PointDistiller", "pointpillar_kd_synthetic.yaml", STUDENT_4X, True),
+    "fitnet": ("4x + FitNet", "pointpillar_kd_fitnet_synthetic.yaml", STUDENT_4X, True),
+    "at": ("4x + Attention Transfer", "pointpillar_kd_at_synthetic.yaml", STUDENT_4X, True),
+    "sp": ("4x + Similarity-Preserving", "pointpillar_kd_sp_synthetic.yaml", STUDENT_4X, True),
+    "response": ("4x + response KD", "pointpillar_kd_response_synthetic.yaml", STUDENT_4X, True),
+    "agkd": ("4x + attention-guided KD", "pointpillar_kd_agkd_synthetic.yaml", STUDENT_4X, True),
+    "16x": ("16x student", STUDENT_16X, STUDENT_16X, False),
+    "pointdistiller_16x": ("16x + PointDistiller", "pointpillar_kd_16x_synthetic.yaml", STUDENT_16X, True),
+    "ld_only": ("4x + PD, LD only", "pointpillar_kd_ld_only_synthetic.yaml", STUDENT_4X, True),
+    "rl_only": ("4x + PD, RL only", "pointpillar_kd_rl_only_synthetic.yaml", STUDENT_4X, True),
+    "zscore": ("4x + PD, z-score, tau 1", "pointpillar_kd_zscore_synthetic.yaml", STUDENT_4X, True),
+    "max_tau01": ("4x + PD, max-norm, tau 0.1", "pointpillar_kd_max_tau01_synthetic.yaml", STUDENT_4X, True),
+    "pd_frozen": ("4x + PD, frozen teacher adapter", "pointpillar_kd_frozen_synthetic.yaml", STUDENT_4X, True),
+    "pd_sample": ("4x + PD, per-sample graphs", "pointpillar_kd_sample_synthetic.yaml", STUDENT_4X, True),
+    "pd_bev": ("4x + PD on BEV features", "pointpillar_kd_bev_synthetic.yaml", STUDENT_4X, True),
 }
-METRICS = ("mAP_bev", "mAP_3d", "Car_3d", "Pedestrian_3d", "Cyclist_3d")
+# Runs whose epoch checkpoints are kept for learning curves (--curves).
+CURVE_RUNS = ("teacher", "4x", "16x")
+DATA_ROOT = REPO / "data" / "synthetic_bench"  # the protocol's data (stage_runner.protocol_data)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--split", choices=["dev", "test"], default="test", help="where the table is evaluated")
+    parser.add_argument("--runs", nargs="+", default=None, choices=list(RUNS), help="default: every run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--frames", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0, help="data set seed (one data set for every run)")
-    parser.add_argument("--data_dir", type=str, default=str(REPO / "data" / "synthetic_kitti"))
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--curves", action="store_true", help="dev learning curves of " + ", ".join(CURVE_RUNS))
+    parser.add_argument("--train_frames", type=int, default=800)
+    parser.add_argument("--dev_frames", type=int, default=200)
+    parser.add_argument("--test_frames", type=int, default=500)
+    parser.add_argument("--data_root", type=str, default=str(DATA_ROOT))
+    parser.add_argument("--epochs", type=int, default=16, help="every run's schedule (teacher and students alike)")
     parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--extra_tag", type=str, default="kd_benchmark")
+    parser.add_argument("--workers", type=int, default=1, help="data-loader workers per run")
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs side by side")
+    parser.add_argument("--extra_tag", type=str, default="bench")
     parser.add_argument("--output_root", type=str, default=None)
-    parser.add_argument("--fresh", action="store_true")
-    parser.add_argument("--report", type=str, default=str(REPO / "docs" / "BENCHMARK.md"))
-    return parser.parse_args(argv)
+    parser.add_argument("--fresh", action="store_true", help="ignore finished runs")
+    parser.add_argument("--report", type=str, default=None, help="default: docs/BENCHMARK.md (test) / _dev.md")
+    args = parser.parse_args(argv)
+    args.runs = args.runs or list(RUNS)
+    if args.report is None:
+        args.report = str(REPO / "docs" / ("BENCHMARK.md" if args.split == "test" else "BENCHMARK_DEV.md"))
+    return args
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+def plan(args, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[stage_runner.Job]:
+    """One job per (run, seed): train (after the seed's teacher when distilled), then evaluate on ``eval_dir``.
+
+    The curve runs keep every epoch checkpoint whatever the split, so that a later ``--curves`` finds them
+    (and their stage keys, which include the command, do not change)."""
+    teacher_ckpts: dict[int, Path] = {}
+    jobs = []
+    for seed in args.seeds:
+        tag = f"{args.extra_tag}_seed{seed}"
+        names = ["teacher", *(r for r in args.runs if r != "teacher")]  # the KD runs of a seed need its teacher
+        for name in names:
+            _, train_cfg, eval_cfg, distilled = RUNS[name]
+
+            def job(name=name, train_cfg=train_cfg, eval_cfg=eval_cfg, distilled=distilled, seed=seed, tag=tag) -> dict:
+                keep = args.epochs if name in CURVE_RUNS else 1
+                teacher = teacher_ckpts[seed] if distilled else None
+                ckpt, run_dir = runner.train(f"{name}/seed{seed}", train_cfg, tag, seed, teacher, args.epochs, keep)
+                if name == "teacher":
+                    teacher_ckpts[seed] = ckpt
+                summary = runner.test(f"{split}/{name}/seed{seed}", eval_cfg, ckpt, eval_dir)
+                return {"summary": summary, "run_dir": str(run_dir), "ckpt": str(ckpt)}
+
+            after = (f"teacher/seed{seed}",) if distilled else ()
+            jobs.append(stage_runner.Job(f"{name}/seed{seed}", job, after))
+    return jobs
 
 
-def write_report(args, results: dict, wall_s: float) -> str:
-    lines = [
-        "# KD benchmark (synthetic KITTI-format data, CPU)",
-        "",
-        "Reproduce: `.venv/bin/python benchmarks/kd_benchmark.py "
-        + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in _cli(args).items())
-        + "`",
-        "",
-        f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads = cores; "
-        f"wall time so far {wall_s / 60:.0f} min. Data: {args.frames} synthetic frames (seed {args.seed}), half "
-        "train / half val; schedule and all other settings as in tools/cfgs/kitti_models/*_synthetic.yaml.",
-        "",
-        "KITTI moderate R40 AP on the val split, mean ± std (sample std) over the seeds a row holds.",
-        "",
-        "| run | seeds | mAP BEV | mAP 3D | Car 3D | Pedestrian 3D | Cyclist 3D |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in args.runs:
-        rows = [results[(name, s)] for s in args.seeds if (name, s) in results]
-        cells = " | ".join(mean_std([r[m] for r in rows]) for m in METRICS)
-        lines.append(f"| {RUNS[name][0]} | {len(rows)} | {cells} |")
-    text = "\n".join(lines) + "\n"
-    Path(args.report).write_text(text)
-    return text
-
-
-def _cli(args) -> dict:
-    keys = ("runs", "seeds", "frames", "seed", "epochs", "batch_size")
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+def curve_jobs(args, runner: stage_runner.Runner, dev_dir: Path, trained: dict) -> list[stage_runner.Job]:
+    """Evaluate every kept epoch checkpoint of the curve runs on dev."""
+    jobs = []
+    for job_name, job in trained.items():
+        name, seed = job_name.split("/")
+        if name not in CURVE_RUNS or name not in args.runs:
+            continue
+        ckpt_dir = Path(job.result["ckpt"]).parent
+        eval_cfg = RUNS[name][2]
+        for ckpt in sorted(ckpt_dir.glob("checkpoint_epoch_*.pth")):
+            epoch = int(ckpt.stem.rsplit("_", 1)[1])
+            jobs.append(
+                stage_runner.Job(
+                    f"curve/{name}/{seed}/epoch{epoch}",
+                    lambda c=ckpt, n=name, s=seed, e=epoch, cfg=eval_cfg: (
+                        runner.test(f"dev_curve/{n}/{s}/epoch{e}", cfg, c, dev_dir) | {"epoch": e}
+                    ),
+                )
+            )
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.curves and args.split == "test":
+        raise SystemExit("--curves is a dev-split study: add --split dev (the test split serves only the report)")
     start = time.time()
-    runner = main_job.setup(args, "kd_benchmark")
+    os.chdir(stage_runner.TOOLS_DIR)
+    specs = stage_runner.protocol_data(Path(args.data_root), args.train_frames, args.dev_frames, args.test_frames)
+    teacher_cfg = stage_runner.stage_config(TEACHER_CFG, [])
+    pc_range = list(teacher_cfg.DATA_CONFIG.POINT_CLOUD_RANGE)
+    meta = stage_runner.prepare_data(specs["trainval"], pc_range)
+    # The test set is generated (and opened) only when the test split is reported.
+    eval_dir = specs["trainval"].path if args.split == "dev" else None
+    if args.split == "test":
+        stage_runner.prepare_data(specs["test"], pc_range)
+        eval_dir = specs["test"].path
+    out_root = Path(args.output_root).resolve() if args.output_root else REPO / "output"
+    job_dir = out_root / "kd_benchmark" / args.extra_tag
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
+    runner = stage_runner.Runner(args, job_dir, specs["trainval"].path, meta, threads=threads)
+    runner.echo = args.parallel <= 1
+    runner.show_progress = not runner.echo
+    context = kd_report.Context(args=args, runs=RUNS, split=args.split, started=start)
     results: dict = {}
-    raw_file = runner.job_dir / "results.json"
-    for seed in args.seeds:
-        tag = f"{args.extra_tag}_seed{seed}"
-        teacher_ckpt = None
-        # The teacher trains first (also when not reported): the distilled runs of this seed need it.
-        for name in ["teacher", *(r for r in args.runs if r != "teacher")]:
-            label, train_cfg, eval_cfg, distilled = RUNS[name]
-            teacher = teacher_ckpt if distilled else None
-            ckpt, _ = runner.train(f"{name}/seed{seed}", train_cfg, tag, seed=seed, teacher_ckpt=teacher)
-            if name == "teacher":
-                teacher_ckpt = ckpt
-            summary = runner.test(f"{name}/seed{seed}", eval_cfg, ckpt)
-            row = main_job.model_row(label, summary["metrics"], 0, summary["latency_ms"])
-            results[(name, seed)] = row
-            raw_file.write_text(json.dumps({f"{k[0]}/seed{k[1]}": v for k, v in results.items()}, indent=2))
-            write_report(args, results, time.time() - start)
-    print(write_report(args, results, time.time() - start))
+
+    def record(job: stage_runner.Job) -> None:
+        results[job.name] = job.result
+        kd_report.write_report(context, results, Path(args.report))
+
+    trained = stage_runner.run_jobs(plan(args, runner, eval_dir, args.split), args.parallel, on_done=record)
+    if args.curves:
+        curves: dict = {}
+        stage_runner.run_jobs(
+            curve_jobs(args, runner, specs["trainval"].path, trained),
+            args.parallel,
+            on_done=lambda job: curves.__setitem__(job.name, job.result),
+        )
+        kd_report.write_curves(context, curves, Path(args.report).with_name("BENCHMARK_CURVES.md"))
+    print(kd_report.write_report(context, results, Path(args.report)))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def build_distiller(
         loss_cfgs=kd_cfg.get("LOSSES"),
         student_grid=VoxelGrid.from_data_config(cfg.DATA_CONFIG),
         logger=logger,
+        diagnose_every=int(kd_cfg.get("DIAGNOSE_EVERY", 50)),
     )
     device = next(student.parameters()).device
     distiller.to(device)

@@ -8,6 +8,7 @@ import logging
 import torch
 import torch.nn as nn
 
+from .diagnostics import gradient_report
 from .errors import KDConfigError
 from .feature_matching import VoxelGrid, match_voxels
 from .losses import KDBatch
@@ -42,6 +43,7 @@ class Distiller(nn.Module):
         loss_cfgs: list,
         student_grid: VoxelGrid | None,
         logger: logging.Logger | None = None,
+        diagnose_every: int = 0,
     ):
         super().__init__()
         self.student = student
@@ -53,6 +55,7 @@ class Distiller(nn.Module):
         self._teacher_keys = set().union(*(loss.teacher_keys() for loss in losses.values()))
         self._teacher_modules = set().union(*(loss.teacher_modules() for loss in losses.values()))
         self._shapes_logged = False
+        self._diagnose_every = int(diagnose_every)
 
     # ------------------------------------------------------------------ the detector's interface
     @property
@@ -89,18 +92,31 @@ class Distiller(nn.Module):
             teacher_model=self._teacher.model,
             teacher_to_student_voxels=self._voxel_match(batch_dict, teacher_dict),
         )
-        total = ret_dict["loss"]
+        det_loss = total = ret_dict["loss"]
         tb_dict["kd/loss_det"] = float(total.item())
+        diagnose = self._diagnosing()
+        terms = {}
         for tag, loss in self.kd_losses.items():
-            term = loss.weight * loss(batch)
+            loss.diagnose = diagnose
+            terms[tag] = term = loss.weight * loss(batch)
             total = total + term
             tb_dict[f"kd/{tag}"] = float(term.item())
             tb_dict.update({f"kd/{tag}/{part}": value for part, value in loss.parts.items()})
+        if diagnose:
+            report = gradient_report(det_loss, terms, list(self.student.parameters()))
+            tb_dict.update({f"kd/{key}": value for key, value in report.items()})
         ret_dict["loss"] = total
         if not self._shapes_logged:
             self._logger.info("KD feature shapes at the first step:\n" + self._shape_lines())
             self._shapes_logged = True
         return ret_dict, tb_dict, disp_dict
+
+    def _diagnosing(self) -> bool:
+        """Every ``diagnose_every`` steps (0: never). Not under DDP: the extra autograd.grad passes would run
+        outside the reducer's bookkeeping."""
+        if self._diagnose_every <= 0 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return False
+        return int(self.student.global_step) % self._diagnose_every == 0
 
     def _teacher_forward(self, batch_dict: dict) -> dict:
         # The teacher writes into its own dict; inputs are copied so not even an in-place op can reach the student.

@@ -98,6 +98,8 @@ class KDLoss(nn.Module):
         self._cfg_channels = {"student": loss_cfg.get("STUDENT_CHANNELS"), "teacher": loss_cfg.get("TEACHER_CHANNELS")}
         self.shapes: dict[str, tuple[int, ...]] = {}  # what the last step saw, for the KD plan
         self.parts: dict[str, float] = {}  # sub-terms of the last step (unweighted), logged beside the total
+        # Set by the Distiller on diagnosed steps (KD.DIAGNOSE_EVERY): a loss may then add statistics to ``parts``.
+        self.diagnose = False
 
     def channels(self, model: nn.Module, side: str) -> int:
         """The width of this loss's feature on ``side`` ('student' / 'teacher'): config override, else the model."""

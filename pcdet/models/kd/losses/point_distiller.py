@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..adapters import Adapter, batch_norm_stats_update
+from ..diagnostics import effective_count, inside_boxes_bev, response_stats, weighted_share
 from ..errors import KDConfigError
 from ..knn import knn_indices
 from .base import KDBatch, KDLoss, get_feature, matched_voxel_rows
@@ -170,10 +171,12 @@ def point_distiller_loss(
     edge: str = "identity",
     pool: str = "none",
     form: str = "mse",
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """The PointDistiller loss for node features ``(M, C_t)`` / ``(M, C_s)`` (row m is the same node on both sides).
 
-    ``form`` "mse": Σ φ_i (γ_T − γ_S)² / (number of outputs); "norm": sqrt(Σ φ_i (γ_T − γ_S)²).
+    ``form`` "mse": Σ φ_i (γ_T − γ_S)² / (number of outputs); "norm": sqrt(Σ φ_i (γ_T − γ_S)²). ``stats``, when
+    given, receives the adapters' output statistics (see diagnostics.response_stats) over the weighted queries.
     """
     a_t, b_t = folded_projections(teacher_adapter, teacher_nodes.detach(), graph, edge)
     a_s, b_s = folded_projections(student_adapter, student_nodes, graph, edge)
@@ -181,7 +184,12 @@ def point_distiller_loss(
     outputs = num_queries * a_t.shape[1] * (1 if pool == "max" else k)
     rows = torch.nonzero(graph.weights > 0).squeeze(1)
     neighbours = graph.neighbours[rows]
-    diff = edge_responses(a_t[rows], b_t, neighbours, pool) - edge_responses(a_s[rows], b_s, neighbours, pool)
+    teacher_out = edge_responses(a_t[rows], b_t, neighbours, pool)
+    student_out = edge_responses(a_s[rows], b_s, neighbours, pool)
+    if stats is not None:
+        stats.update(response_stats("teacher_adapter", teacher_out))
+        stats.update(response_stats("student_adapter", student_out))
+    diff = teacher_out - student_out
     weights = graph.weights[rows].view(-1, *([1] * (diff.dim() - 1)))
     if form == "norm":
         return torch.linalg.vector_norm(diff * weights.sqrt())
@@ -205,6 +213,7 @@ class PointDistiller(KDLoss):
         "TAU": 0.01,
         "NORMALIZE": "none",
         "LOSS_FORM": "mse",
+        "TEACHER_ADAPTER": "trainable",
         "KNN_CHUNK_MB": 64,
     }
     CHOICES = {
@@ -215,6 +224,9 @@ class PointDistiller(KDLoss):
         "CANDIDATES": ("all", "queries"),
         "NORMALIZE": tuple(NORMALIZERS),
         "LOSS_FORM": ("mse", "norm"),
+        # trainable: both adapters learn (the paper); frozen: the teacher's stays at its random initialisation, a
+        # fixed target the two sides cannot agree to shrink (BN still normalises it with batch statistics).
+        "TEACHER_ADAPTER": ("trainable", "frozen"),
     }
 
     def __init__(self, loss_cfg: dict, student_model: nn.Module, teacher_model: nn.Module):
@@ -224,9 +236,14 @@ class PointDistiller(KDLoss):
         width = int(self.opts["ADAPTER_CHANNELS"])
         self.teacher_adapter = Adapter(2 * self.channels(teacher_model, "teacher"), width)
         self.student_adapter = Adapter(2 * self.channels(student_model, "student"), width)
+        if self.opts["TEACHER_ADAPTER"] == "frozen":
+            self.teacher_adapter.requires_grad_(False)
+        self._map_geometry = getattr(getattr(student_model, "dataset", None), "point_cloud_range", None)
 
     def _nodes(self, batch: KDBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(teacher nodes, student nodes, node batch index, voxel point counts or None), rows aligned."""
+        """(teacher nodes, student nodes, node batch index, voxel point counts or None), rows aligned; the rows
+        chosen from the teacher's voxels are kept in ``self._teacher_rows`` (None: all) for the diagnostics."""
+        self._teacher_rows = None
         student, teacher = self.features(batch)
         if teacher.dim() == 4:
             if student.dim() != 4 or student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
@@ -248,6 +265,7 @@ class PointDistiller(KDLoss):
         if rows is None:
             return teacher, student, coords[:, 0].long(), counts
         teacher_rows, student_rows = rows
+        self._teacher_rows = teacher_rows
         return teacher[teacher_rows], student[student_rows], coords[teacher_rows, 0].long(), counts[teacher_rows]
 
     def forward(self, batch: KDBatch) -> torch.Tensor:
@@ -268,7 +286,8 @@ class PointDistiller(KDLoss):
         self.shapes["teacher nodes"] = tuple(teacher.shape)
         self.shapes["student nodes"] = tuple(student.shape)
         self.shapes["edges (N, K, A)"] = (*graph.neighbours.shape, self.student_adapter.out_channels)
-        return point_distiller_loss(
+        stats = {} if self.diagnose else None
+        loss = point_distiller_loss(
             teacher,
             student,
             graph,
@@ -277,4 +296,49 @@ class PointDistiller(KDLoss):
             edge=self.opts["EDGE"],
             pool=self.opts["POOL"],
             form=self.opts["LOSS_FORM"],
+            stats=stats,
         )
+        if stats is not None:
+            stats.update(self._selection_stats(batch, teacher, node_batch, graph))
+        self.parts = stats or {}
+        return loss
+
+    def _node_positions(self, batch: KDBatch, teacher: torch.Tensor) -> torch.Tensor | None:
+        """(M, 2) BEV positions in metres: a voxel's point centroid, a map cell's centre; None if unknown."""
+        if teacher.dim() == 2:
+            voxels = batch.teacher["voxels"]
+            counts = batch.teacher["voxel_num_points"].clamp_min(1).to(voxels.dtype)
+            centroid = voxels[:, :, :2].sum(1) / counts[:, None]
+            return centroid if self._teacher_rows is None else centroid[self._teacher_rows]
+        if self._map_geometry is None:
+            return None
+        x_min, y_min, _, x_max, y_max, _ = (float(v) for v in self._map_geometry)
+        height, width = batch.teacher[self.teacher_key].shape[2:]
+        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        cell = torch.stack(
+            [(xs + 0.5) * (x_max - x_min) / width + x_min, (ys + 0.5) * (y_max - y_min) / height + y_min]
+        )
+        return cell.reshape(2, -1).t().repeat(batch.teacher[self.teacher_key].shape[0], 1).to(teacher.device)
+
+    def _selection_stats(self, batch: KDBatch, teacher: torch.Tensor, node_batch: torch.Tensor, graph: Graph) -> dict:
+        """Which nodes the queries and their RL weights pick: objects or background, near or far."""
+        stats = {
+            "rl_effective_queries": effective_count(graph.weights),
+            "queries": float(graph.queries.numel()),
+        }
+        positions = self._node_positions(batch, teacher)
+        if positions is None or "gt_boxes" not in batch.student:
+            return stats
+        foreground = inside_boxes_bev(positions, node_batch, batch.student["gt_boxes"])
+        distance = positions.norm(dim=1)
+        query_fg, query_dist = foreground[graph.queries], distance[graph.queries]
+        stats.update(
+            {
+                "node_fg_share": float(foreground.float().mean()),
+                "query_fg_share": float(query_fg.float().mean()),
+                "rl_fg_weight_share": weighted_share(graph.weights, query_fg),
+                "query_mean_range_m": float(query_dist.mean()),
+                "rl_mean_range_m": float((graph.weights * query_dist).sum() / graph.weights.sum().clamp_min(1e-12)),
+            }
+        )
+        return stats

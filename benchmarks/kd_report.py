@@ -1,0 +1,234 @@
+"""The KD benchmark's report: the table (mean ± std over seeds), the seed-paired differences to the plain student,
+a bar chart, and the dev learning curves. Written by benchmarks/kd_benchmark.py after every finished run."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import stage_runner  # noqa: E402
+
+from pcdet.utils.checkpoint_io import atomic_write_bytes, safe_load  # noqa: E402
+
+METRICS = ["mAP_3d", "mAP_bev"] + [f"{c}_{m}" for c in stage_runner.CLASSES for m in ("3d", "bev")]
+HEADERS = ["mAP 3D", "mAP BEV"] + [f"{c[:3]} {m.upper()}" for c in stage_runner.CLASSES for m in ("3d", "bev")]
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "global_step")
+
+
+@dataclass
+class Context:
+    args: object
+    runs: dict  # name -> (label, train cfg, eval cfg, distilled)
+    split: str
+    started: float
+
+
+def count_parameters(ckpt: str | Path) -> int:
+    """Trainable parameters of a checkpoint's model (its state dict without BatchNorm statistics and counters)."""
+    state = safe_load(ckpt, map_location="cpu")["model_state"]
+    return sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFERS))
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def baseline_of(context: Context, name: str) -> str | None:
+    """The plain student a distilled run is paired with (same width), None for the undistilled runs."""
+    _, _, eval_cfg, distilled = context.runs[name]
+    if not distilled:
+        return None
+    return next(n for n, (_, train_cfg, _, d) in context.runs.items() if not d and train_cfg == eval_cfg)
+
+
+def _rows(results: dict, name: str) -> dict[int, dict]:
+    """seed -> metric row of the finished evaluations of run ``name``."""
+    rows = {}
+    for job_name, result in results.items():
+        run, seed = job_name.split("/")
+        if run == name:
+            rows[int(seed.removeprefix("seed"))] = stage_runner.metric_row(result["summary"]["metrics"]) | {
+                "latency_ms": result["summary"].get("latency_ms"),
+                "ckpt": result["ckpt"],
+            }
+    return rows
+
+
+def paired(context: Context, results: dict, name: str, metric: str) -> list[float]:
+    """Seed-paired differences ``run − its plain student`` (seeds where both finished)."""
+    base = baseline_of(context, name)
+    if base is None:
+        return []
+    mine, theirs = _rows(results, name), _rows(results, base)
+    return [mine[s][metric] - theirs[s][metric] for s in sorted(mine) if s in theirs]
+
+
+def verdict(diffs: list[float]) -> str:
+    """Whether the mean paired gain exceeds 2 sample std of the paired differences (needs >= 2 seeds)."""
+    if len(diffs) < 2:
+        return "n/a (1 seed)" if diffs else "–"
+    mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+    return "yes" if mean > 2 * std and mean > 0 else "no"
+
+
+def bar_chart(context: Context, results: dict, out_file: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in context.runs if _rows(results, n)]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(names) + 1.5), sharey=True)
+    for ax, metric, title in zip(axes, ("mAP_3d", "mAP_bev"), ("moderate 3D mAP", "moderate BEV mAP")):
+        values = [[r[metric] for r in _rows(results, n).values()] for n in names]
+        means = [statistics.mean(v) for v in values]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        colours = ["tab:gray" if baseline_of(context, n) is None else "tab:blue" for n in names]
+        ax.barh(range(len(names)), means, xerr=stds, color=colours, capsize=3)
+        for i, (m, v) in enumerate(zip(means, values)):
+            ax.text(m, i, f" {m:.1f} (n={len(v)})", va="center", fontsize=8)
+        ax.set_title(f"{title}, {context.split} split (mean ± std over seeds)")
+        ax.set_xlabel("AP (R40)")
+    axes[0].set_yticks(range(len(names)), [context.runs[n][0] for n in names])
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_file, dpi=110)
+    plt.close(fig)
+    return out_file
+
+
+def _command(args) -> str:
+    parts = ["benchmarks/kd_benchmark.py", "--split", args.split]
+    for key in ("runs", "seeds", "epochs", "train_frames", "dev_frames", "test_frames", "parallel"):
+        value = getattr(args, key)
+        parts += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    return ".venv/bin/python " + shlex.join(parts)
+
+
+def write_report(context: Context, results: dict, out_file: Path) -> str:
+    args = context.args
+    wall = (time.time() - context.started) / 60
+    total = len(args.seeds) * len({"teacher", *args.runs})
+    chart = bar_chart(context, results, out_file.parent / "images" / "benchmark" / f"kd_{context.split}.png")
+    iters = math.ceil(args.train_frames / (args.batch_size or 4)) * args.epochs
+    lines = [
+        f"# KD benchmark — {context.split} split (written by benchmarks/kd_benchmark.py)",
+        "",
+        f"Status: {len(results)} of {total} runs evaluated. Reproduce / resume: `{_command(args)}`",
+        "",
+        f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {args.parallel} runs "
+        f"side by side (one torch thread each); wall time of this invocation {wall:.0f} min. Data: synthetic "
+        f"KITTI-format, train {args.train_frames} frames + dev {args.dev_frames} (generator seed 1), test "
+        f"{args.test_frames} (seed 2). Schedule: every run {args.epochs} epochs ({iters} iterations at batch "
+        f"{args.batch_size or 4}), the rest as in tools/cfgs/kitti_models/*_synthetic.yaml. Seed s: teacher trained "
+        "with seed s, the seed-s students distil from it.",
+        "",
+        f"KITTI moderate R40 AP on the **{context.split}** split, mean ± sample std over the seeds a row holds. "
+        "Latency: test.py --infer_time, batch 1, measured while another run shared the CPU (indicative only).",
+        "",
+        "| run | seeds | params (M) | latency (ms) | " + " | ".join(HEADERS) + " |",
+        "|---|---|---|---|" + "---|" * len(HEADERS),
+    ]
+    for name in ["teacher", *(n for n in args.runs if n != "teacher")]:
+        rows = _rows(results, name)
+        if not rows:
+            lines.append(f"| {context.runs[name][0]} | 0 | | | " + " | ".join("–" for _ in HEADERS) + " |")
+            continue
+        params = count_parameters(next(iter(rows.values()))["ckpt"]) / 1e6
+        latencies = [r["latency_ms"] for r in rows.values() if r["latency_ms"] is not None]
+        latency = f"{statistics.median(latencies):.1f}" if latencies else "n/a"
+        cells = " | ".join(mean_std([r[m] for r in rows.values()]) for m in METRICS)
+        lines.append(f"| {context.runs[name][0]} | {len(rows)} | {params:.2f} | {latency} | {cells} |")
+    lines += [
+        "",
+        "Seed-paired differences to the plain student of the same width (same seed: same teacher, same data order), "
+        "mean ± sample std; 'gain > 2 std' asks whether the mean 3D gain exceeds twice that std.",
+        "",
+        "| run | vs | seeds | Δ mAP 3D | Δ mAP BEV | gain > 2 std (3D) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in args.runs:
+        base = baseline_of(context, name)
+        if base is None:
+            continue
+        d3, dbev = paired(context, results, name, "mAP_3d"), paired(context, results, name, "mAP_bev")
+        lines.append(
+            f"| {context.runs[name][0]} | {context.runs[base][0]} | {len(d3)} | {mean_std(d3)} | {mean_std(dbev)} "
+            f"| {verdict(d3)} |"
+        )
+    if chart is not None:
+        lines += ["", f"![mean ± std per run]({os.path.relpath(chart, out_file.parent)})"]
+    text = "\n".join(lines) + "\n"
+    atomic_write_bytes(text.encode(), out_file)
+    return text
+
+
+def write_curves(context: Context, curves: dict, out_file: Path) -> Path:
+    """Dev learning curves: moderate 3D / BEV mAP of each kept epoch checkpoint (table + PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, list[dict]]] = {}
+    for job_name, result in curves.items():
+        _, name, _seed, _ = job_name.split("/")
+        series.setdefault(name, {}).setdefault(result["epoch"], []).append(stage_runner.metric_row(result["metrics"]))
+    iters_per_epoch = math.ceil(context.args.train_frames / (context.args.batch_size or 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    lines = [
+        "# Learning curves on the dev split (written by benchmarks/kd_benchmark.py --split dev --curves)",
+        "",
+        f"Each point: an epoch checkpoint of one {context.args.epochs}-epoch run ({iters_per_epoch} iterations per "
+        "epoch), evaluated on dev; mean over seeds. The schedule is one-cycle, so a mid-run checkpoint is not what a "
+        "shorter schedule would reach: the curve shows where training stops paying, not the best short schedule.",
+        "",
+        "| run | epoch | iterations | seeds | mAP 3D | mAP BEV | Car 3D |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, by_epoch in series.items():
+        epochs = sorted(by_epoch)
+        for ax, metric in zip(axes, ("mAP_3d", "mAP_bev")):
+            ax.plot(
+                [e * iters_per_epoch for e in epochs],
+                [statistics.mean(r[metric] for r in by_epoch[e]) for e in epochs],
+                marker="o",
+                label=context.runs[name][0],
+            )
+        for e in epochs:
+            rows = by_epoch[e]
+            lines.append(
+                f"| {context.runs[name][0]} | {e} | {e * iters_per_epoch} | {len(rows)} | "
+                f"{mean_std([r['mAP_3d'] for r in rows])} | {mean_std([r['mAP_bev'] for r in rows])} | "
+                f"{mean_std([r['Car_3d'] for r in rows])} |"
+            )
+    for ax, title in zip(axes, ("moderate 3D mAP (dev)", "moderate BEV mAP (dev)")):
+        ax.set_title(title)
+        ax.set_xlabel("training iterations")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    png = out_file.parent / "images" / "benchmark" / "learning_curves_dev.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    lines += ["", f"![learning curves]({os.path.relpath(png, out_file.parent)})"]
+    atomic_write_bytes(("\n".join(lines) + "\n").encode(), out_file)
+    return out_file

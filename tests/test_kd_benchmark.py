@@ -1,0 +1,84 @@
+"""The KD benchmark's protocol: the scheduler, the splits, and that nothing but the test report opens the test set."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+from stage_runner import Job, run_jobs  # noqa: E402
+
+
+def test_run_jobs_orders_by_dependency_and_runs_side_by_side():
+    events, lock = [], threading.Lock()
+
+    def work(name, seconds=0.2):
+        def fn():
+            with lock:
+                events.append(("start", name, time.perf_counter()))
+            time.sleep(seconds)
+            with lock:
+                events.append(("end", name, time.perf_counter()))
+            return name.upper()
+
+        return fn
+
+    jobs = [Job("b", work("b"), after=("a",)), Job("a", work("a")), Job("c", work("c"))]
+    done = run_jobs(jobs, parallel=2)
+    assert {name: job.result for name, job in done.items()} == {"a": "A", "b": "B", "c": "C"}
+    at = {(kind, name): t for kind, name, t in events}
+    assert at[("start", "b")] >= at[("end", "a")]  # b waits for a
+    assert at[("start", "c")] < at[("end", "a")]  # c runs beside a
+    with pytest.raises(ValueError, match="unknown"):
+        run_jobs([Job("x", work("x"), after=("nope",))], parallel=1)
+
+
+def test_run_jobs_stops_scheduling_after_a_failure():
+    ran = []
+
+    def boom():
+        raise RuntimeError("stage failed")
+
+    jobs = [Job("bad", boom), Job("later", lambda: ran.append("later"), after=("bad",))]
+    with pytest.raises(RuntimeError, match="stage failed"):
+        run_jobs(jobs, parallel=2)
+    assert ran == []
+
+
+def _frame_hashes(data_dir: Path, split: str) -> dict[str, str]:
+    ids = (data_dir / "ImageSets" / f"{split}.txt").read_text().split()
+    return {i: hashlib.sha256((data_dir / "training" / "velodyne" / f"{i}.bin").read_bytes()).hexdigest() for i in ids}
+
+
+@pytest.mark.slow
+def test_dev_runs_never_open_the_test_split_and_splits_are_disjoint(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "kd_benchmark.py"), "--split", "dev", "--runs", "4x"]
+    cmd += ["--seeds", "0", "--train_frames", "6", "--dev_frames", "4", "--test_frames", "4", "--epochs", "1"]
+    cmd += ["--batch_size", "2", "--workers", "0", "--parallel", "2", "--data_root", str(data)]
+    cmd += ["--output_root", str(out), "--report", str(tmp_path / "dev.md")]
+    dev = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert dev.returncode == 0, dev.stdout[-3000:] + dev.stderr[-3000:]
+    assert not (data / "test").exists()  # the dev study never generated, let alone read, the test set
+    report = (tmp_path / "dev.md").read_text()
+    assert "dev split" in report and "| 4x student | 1 | 1.22 |" in report
+
+    # The test report reuses the trained runs (no retraining) and evaluates them on the separate test set.
+    test_cmd = [c if c != "dev" else "test" for c in cmd[:-1]] + [str(tmp_path / "test.md")]
+    test = subprocess.run(test_cmd, capture_output=True, text=True, timeout=600)
+    assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
+    assert "train.py" not in test.stdout.replace("[skip] train", "")
+    assert test.stdout.count(f"DATA_CONFIG.DATA_PATH {data / 'test'}") == 2  # teacher + 4x, on test only
+    train, dev_frames = _frame_hashes(data / "trainval", "train"), _frame_hashes(data / "trainval", "val")
+    test_frames = _frame_hashes(data / "test", "val")
+    assert len(train) == 6 and len(dev_frames) == 4 and len(test_frames) == 4
+    assert set(train).isdisjoint(dev_frames)
+    assert len(set(train.values()) | set(dev_frames.values()) | set(test_frames.values())) == 14
