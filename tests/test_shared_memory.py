@@ -148,3 +148,42 @@ def test_without_shared_array_the_error_says_how_to_install_it(tmp_path, monkeyp
         KittiDataset(_cfg(USE_SHARED_MEMORY=True), CLASSES, training=True, root_path=tmp_path)
     # Evaluation never uses shared memory, so it does not need the package.
     assert KittiDataset(_cfg(USE_SHARED_MEMORY=True), CLASSES, training=False, root_path=tmp_path).shared_points is None
+
+
+_RANK = """
+import sys
+import numpy as np
+import torch.distributed as dist
+from easydict import EasyDict
+from pcdet.config import cfg_from_yaml_file
+from pcdet.datasets.kitti.kitti_dataset import KittiDataset
+rank, init_file, cfg_file, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+cfg = cfg_from_yaml_file(cfg_file, EasyDict())
+cfg.DATA_AUGMENTOR.DISABLE_AUG_LIST = ["gt_sampling"]
+cfg.USE_SHARED_MEMORY = True
+ds = KittiDataset(cfg, ["Car", "Pedestrian", "Cyclist"], training=True, root_path=root)
+shared = ds.shared_points
+total = sum(float(np.abs(ds.get_lidar(f)).sum()) for f in sorted(shared.frames))
+print(shared.prefix, shared._owner_pid is not None, len(shared.frames), total, flush=True)
+dist.barrier()  # the owner must not exit (and remove the copies) before the other rank has read them
+"""
+
+
+def test_two_ranks_on_one_machine_share_one_copy(data_root, tmp_path):
+    cfg_file = TOOLS / "cfgs/dataset_configs/synthetic_kitti_dataset.yaml"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RANK, str(r), tmp_path / "init", cfg_file, data_root],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0].split() for p in ranks]
+    assert all(p.returncode == 0 for p in ranks)
+    (prefix0, owner0, n0, sum0), (prefix1, owner1, n1, sum1) = outputs
+    assert prefix0 == prefix1 and n0 == n1 == "3" and float(sum0) == float(sum1) > 0
+    assert (owner0, owner1) == ("True", "False")  # rank 0 copied, rank 1 only mapped
+    assert _segments(prefix0) == []  # the owner removed them at exit
