@@ -63,11 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", nargs="+", default=None, choices=list(RUNS), help="default: every run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--curves", action="store_true", help="dev learning curves of " + ", ".join(CURVE_RUNS))
+    parser.add_argument("--curve_every", type=int, default=2, help="curves: evaluate every N-th epoch (and the last)")
     parser.add_argument("--train_frames", type=int, default=800)
     parser.add_argument("--dev_frames", type=int, default=200)
     parser.add_argument("--test_frames", type=int, default=500)
     parser.add_argument("--data_root", type=str, default=str(DATA_ROOT))
     parser.add_argument("--epochs", type=int, default=16, help="every run's schedule (teacher and students alike)")
+    parser.add_argument("--teacher_epochs", type=int, default=None, help="the teachers' schedule (default: --epochs)")
+    parser.add_argument("--teacher_tag", type=str, default=None, help="reuse the teachers of this --extra_tag")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="data-loader workers per run")
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs side by side")
@@ -77,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", type=str, default=None, help="default: docs/BENCHMARK.md (test) / _dev.md")
     args = parser.parse_args(argv)
     args.runs = args.runs or list(RUNS)
+    args.teacher_epochs = args.teacher_epochs or args.epochs
+    args.teacher_tag = args.teacher_tag or args.extra_tag
     if args.report is None:
         args.report = str(REPO / "docs" / ("BENCHMARK.md" if args.split == "test" else "BENCHMARK_DEV.md"))
     return args
@@ -96,9 +101,11 @@ def plan(args, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[
             _, train_cfg, eval_cfg, distilled = RUNS[name]
 
             def job(name=name, train_cfg=train_cfg, eval_cfg=eval_cfg, distilled=distilled, seed=seed, tag=tag) -> dict:
-                keep = args.epochs if name in CURVE_RUNS else 1
+                epochs = args.teacher_epochs if name == "teacher" else args.epochs
+                run_tag = f"{args.teacher_tag}_seed{seed}" if name == "teacher" else tag
+                keep = epochs if name in CURVE_RUNS else 1
                 teacher = teacher_ckpts[seed] if distilled else None
-                ckpt, run_dir = runner.train(f"{name}/seed{seed}", train_cfg, tag, seed, teacher, args.epochs, keep)
+                ckpt, run_dir = runner.train(f"{name}/seed{seed}", train_cfg, run_tag, seed, teacher, epochs, keep)
                 if name == "teacher":
                     teacher_ckpts[seed] = ckpt
                 summary = runner.test(f"{split}/{name}/seed{seed}", eval_cfg, ckpt, eval_dir)
@@ -120,6 +127,8 @@ def curve_jobs(args, runner: stage_runner.Runner, dev_dir: Path, trained: dict) 
         eval_cfg = RUNS[name][2]
         for ckpt in sorted(ckpt_dir.glob("checkpoint_epoch_*.pth")):
             epoch = int(ckpt.stem.rsplit("_", 1)[1])
+            if epoch % args.curve_every and ckpt != Path(job.result["ckpt"]):
+                continue
             jobs.append(
                 stage_runner.Job(
                     f"curve/{name}/{seed}/epoch{epoch}",

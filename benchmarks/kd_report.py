@@ -24,6 +24,26 @@ METRICS = ["mAP_3d", "mAP_bev"] + [f"{c}_{m}" for c in stage_runner.CLASSES for 
 HEADERS = ["mAP 3D", "mAP BEV"] + [f"{c[:3]} {m.upper()}" for c in stage_runner.CLASSES for m in ("3d", "bev")]
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "global_step")
 
+# The protocol, fixed before any run (docs/BENCHMARK.md starts with it; the script rewrites the page).
+PROTOCOL = """## Protocol
+
+- **Data: three splits from separate generator seeds**, synthetic KITTI-format (docs/SYNTHETIC.md), labelled in
+  the detectors' BEV range. `data/synthetic_bench/trainval`: generator seed 1, train + dev frames with disjoint ids;
+  `data/synthetic_bench/test`: generator seed 2, every frame an evaluation frame.
+- **train** trains every model. **dev** serves every choice: schedules (learning curves), KD weights and options,
+  which option configs are reported — `--split dev` and `--curves` write docs/BENCHMARK_DEV.md and
+  docs/BENCHMARK_CURVES.md and never generate or open the test set. **test** is opened only by `--split test`,
+  whose table is this page (tests/test_kd_benchmark.py checks both).
+- **Runs**: seed s trains its own teacher (`pointpillar_synthetic.yaml`, `--fix_random_seed --seed s`); every seed-s
+  student distils from it with the same seed, so a student and its distilled twin see the same data order and their
+  difference is paired. Every run, teacher and students alike, has the same schedule (`--epochs`).
+- **Metric**: KITTI moderate R40 AP (the official-devkit-equivalent evaluator), BEV and 3D, per class and the
+  3-class mean; mean ± sample std over seeds; for distilled runs the seed-paired difference to the plain student of
+  the same width, and whether its mean exceeds twice its sample std.
+- **Interruption**: every run is an ordinary train.py / test.py call recorded in a stage book; the same command
+  resumes (also across sessions) and skips what finished with the same inputs.
+"""
+
 
 @dataclass
 class Context:
@@ -116,7 +136,9 @@ def bar_chart(context: Context, results: dict, out_file: Path) -> Path | None:
 
 def _command(args) -> str:
     parts = ["benchmarks/kd_benchmark.py", "--split", args.split]
-    for key in ("runs", "seeds", "epochs", "train_frames", "dev_frames", "test_frames", "parallel"):
+    keys = ["runs", "seeds", "epochs", "teacher_epochs", "train_frames", "dev_frames", "test_frames", "parallel"]
+    keys += ["extra_tag", "teacher_tag"]
+    for key in keys:
         value = getattr(args, key)
         parts += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
     return ".venv/bin/python " + shlex.join(parts)
@@ -133,11 +155,17 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
         "",
         f"Status: {len(results)} of {total} runs evaluated. Reproduce / resume: `{_command(args)}`",
         "",
+        "What the dev-split experiments found, and why, is in [KD_STUDY.md](KD_STUDY.md).",
+        "",
+        PROTOCOL,
+        "## Results",
+        "",
         f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {args.parallel} runs "
         f"side by side (one torch thread each); wall time of this invocation {wall:.0f} min. Data: synthetic "
         f"KITTI-format, train {args.train_frames} frames + dev {args.dev_frames} (generator seed 1), test "
-        f"{args.test_frames} (seed 2). Schedule: every run {args.epochs} epochs ({iters} iterations at batch "
-        f"{args.batch_size or 4}), the rest as in tools/cfgs/kitti_models/*_synthetic.yaml. Seed s: teacher trained "
+        f"{args.test_frames} (seed 2). Schedule: students {args.epochs} epochs ({iters} iterations at batch "
+        f"{args.batch_size or 4}), teachers {args.teacher_epochs}, the rest as in "
+        "tools/cfgs/kitti_models/*_synthetic.yaml. Seed s: teacher trained "
         "with seed s, the seed-s students distil from it.",
         "",
         f"KITTI moderate R40 AP on the **{context.split}** split, mean ± sample std over the seeds a row holds. "
