@@ -52,6 +52,22 @@ RUNS = {
     "pd_sample": ("4x + PD, per-sample graphs", "pointpillar_kd_sample_synthetic.yaml", STUDENT_4X, True),
     "pd_bev": ("4x + PD on BEV features", "pointpillar_kd_bev_synthetic.yaml", STUDENT_4X, True),
 }
+
+
+def runs_for(dataset: str) -> dict:
+    """The run table of a data set: real KITTI uses each synthetic config's KITTI twin (the paper's configs, e.g.
+    pointpillar.yaml for pointpillar_synthetic.yaml); synthetic-only option studies have none and are left out."""
+    if dataset == "synthetic":
+        return RUNS
+    cfg_dir = REPO / "tools" / "cfgs" / "kitti_models"
+    twins = {}
+    for name, (label, train_cfg, eval_cfg, distilled) in RUNS.items():
+        train_cfg, eval_cfg = train_cfg.replace("_synthetic", ""), eval_cfg.replace("_synthetic", "")
+        if (cfg_dir / train_cfg).is_file() and (cfg_dir / eval_cfg).is_file():
+            twins[name] = (label, train_cfg, eval_cfg, distilled)
+    return twins
+
+
 # Runs whose epoch checkpoints are kept for learning curves (--curves).
 CURVE_RUNS = ("teacher", "4x", "16x")
 DATA_ROOT = REPO / "data" / "synthetic_bench"  # the protocol's data (stage_runner.protocol_data)
@@ -59,6 +75,7 @@ DATA_ROOT = REPO / "data" / "synthetic_bench"  # the protocol's data (stage_runn
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["synthetic", "kitti"], default="synthetic")
     parser.add_argument("--split", choices=["dev", "test"], default="test", help="where the table is evaluated")
     parser.add_argument("--runs", nargs="+", default=None, choices=list(RUNS), help="default: every run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -67,8 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_frames", type=int, default=800)
     parser.add_argument("--dev_frames", type=int, default=200)
     parser.add_argument("--test_frames", type=int, default=500)
-    parser.add_argument("--data_root", type=str, default=str(DATA_ROOT))
-    parser.add_argument("--epochs", type=int, default=16, help="every run's schedule (teacher and students alike)")
+    parser.add_argument("--data_root", type=str, default=None, help="default: data/synthetic_bench, data/kitti")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="every run's schedule (default: synthetic 16, kitti 80)"
+    )
     parser.add_argument("--teacher_epochs", type=int, default=None, help="the teachers' schedule (default: --epochs)")
     parser.add_argument("--teacher_tag", type=str, default=None, help="reuse the teachers of this --extra_tag")
     parser.add_argument("--batch_size", type=int, default=None)
@@ -79,15 +98,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs")
     parser.add_argument("--report", type=str, default=None, help="default: docs/BENCHMARK.md (test) / _dev.md")
     args = parser.parse_args(argv)
-    args.runs = args.runs or list(RUNS)
+    table = runs_for(args.dataset)
+    args.runs = args.runs or list(table)
+    missing = [r for r in args.runs if r not in table]
+    if missing:
+        parser.error(f"runs without a {args.dataset} config: {', '.join(missing)}")
+    if args.dataset == "kitti" and (args.split == "dev" or args.curves):
+        parser.error("the KITTI protocol is the paper's: no dev split; --split test evaluates on KITTI val")
+    args.data_root = args.data_root or str(DATA_ROOT if args.dataset == "synthetic" else REPO / "data" / "kitti")
+    args.epochs = args.epochs or (16 if args.dataset == "synthetic" else 80)
     args.teacher_epochs = args.teacher_epochs or args.epochs
     args.teacher_tag = args.teacher_tag or args.extra_tag
     if args.report is None:
-        args.report = str(REPO / "docs" / ("BENCHMARK.md" if args.split == "test" else "BENCHMARK_DEV.md"))
+        name = {"dev": "BENCHMARK_DEV.md", "test": "BENCHMARK.md"}[args.split]
+        args.report = str(REPO / "docs" / (name if args.dataset == "synthetic" else "BENCHMARK_KITTI.md"))
     return args
 
 
-def plan(args, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[stage_runner.Job]:
+def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[stage_runner.Job]:
     """One job per (run, seed): train (after the seed's teacher when distilled), then evaluate on ``eval_dir``.
 
     The curve runs keep every epoch checkpoint whatever the split, so that a later ``--curves`` finds them
@@ -98,7 +126,7 @@ def plan(args, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[
         tag = f"{args.extra_tag}_seed{seed}"
         names = ["teacher", *(r for r in args.runs if r != "teacher")]  # the KD runs of a seed need its teacher
         for name in names:
-            _, train_cfg, eval_cfg, distilled = RUNS[name]
+            _, train_cfg, eval_cfg, distilled = runs[name]
 
             def job(name=name, train_cfg=train_cfg, eval_cfg=eval_cfg, distilled=distilled, seed=seed, tag=tag) -> dict:
                 epochs = args.teacher_epochs if name == "teacher" else args.epochs
@@ -140,39 +168,55 @@ def curve_jobs(args, runner: stage_runner.Runner, dev_dir: Path, trained: dict) 
     return jobs
 
 
+def prepare(args, runs: dict) -> tuple[Path, Path, dict]:
+    """(training data, evaluation data, data meta). Synthetic: generate the protocol's data; the test set only when
+    the test split is reported. KITTI: the user's prepared data/kitti (infos made by create_kitti_infos); training on
+    its train split, the table on its val split."""
+    root = Path(args.data_root).resolve()
+    if args.dataset == "kitti":
+        infos = [root / f"kitti_infos_{split}.pkl" for split in ("train", "val")] + [root / "kitti_dbinfos_train.pkl"]
+        absent = [str(p) for p in infos if not p.is_file()]
+        if absent:
+            raise SystemExit(
+                f"error: {', '.join(absent)} missing: run python -m pcdet.datasets.kitti.kitti_dataset "
+                f"create_kitti_infos cfgs/dataset_configs/kitti_dataset.yaml --data_path {root}"
+            )
+        return root, root, {"dataset": "kitti", "infos": [stage_runner.sha256_file(p) for p in infos]}
+    specs = stage_runner.protocol_data(root, args.train_frames, args.dev_frames, args.test_frames)
+    pc_range = list(stage_runner.stage_config(runs["teacher"][1], []).DATA_CONFIG.POINT_CLOUD_RANGE)
+    meta = stage_runner.prepare_data(specs["trainval"], pc_range)
+    if args.split == "dev":
+        return specs["trainval"].path, specs["trainval"].path, meta
+    stage_runner.prepare_data(specs["test"], pc_range)
+    return specs["trainval"].path, specs["test"].path, meta
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.curves and args.split == "test":
         raise SystemExit("--curves is a dev-split study: add --split dev (the test split serves only the report)")
     start = time.time()
     os.chdir(stage_runner.TOOLS_DIR)
-    specs = stage_runner.protocol_data(Path(args.data_root), args.train_frames, args.dev_frames, args.test_frames)
-    teacher_cfg = stage_runner.stage_config(TEACHER_CFG, [])
-    pc_range = list(teacher_cfg.DATA_CONFIG.POINT_CLOUD_RANGE)
-    meta = stage_runner.prepare_data(specs["trainval"], pc_range)
-    # The test set is generated (and opened) only when the test split is reported.
-    eval_dir = specs["trainval"].path if args.split == "dev" else None
-    if args.split == "test":
-        stage_runner.prepare_data(specs["test"], pc_range)
-        eval_dir = specs["test"].path
+    runs = runs_for(args.dataset)
+    train_dir, eval_dir, meta = prepare(args, runs)
     out_root = Path(args.output_root).resolve() if args.output_root else REPO / "output"
     job_dir = out_root / "kd_benchmark" / args.extra_tag
     threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
-    runner = stage_runner.Runner(args, job_dir, specs["trainval"].path, meta, threads=threads)
+    runner = stage_runner.Runner(args, job_dir, train_dir, meta, threads=threads)
     runner.echo = args.parallel <= 1
     runner.show_progress = not runner.echo
-    context = kd_report.Context(args=args, runs=RUNS, split=args.split, started=start)
+    context = kd_report.Context(args=args, runs=runs, split=args.split, started=start)
     results: dict = {}
 
     def record(job: stage_runner.Job) -> None:
         results[job.name] = job.result
         kd_report.write_report(context, results, Path(args.report))
 
-    trained = stage_runner.run_jobs(plan(args, runner, eval_dir, args.split), args.parallel, on_done=record)
+    trained = stage_runner.run_jobs(plan(args, runs, runner, eval_dir, args.split), args.parallel, on_done=record)
     if args.curves:
         curves: dict = {}
         stage_runner.run_jobs(
-            curve_jobs(args, runner, specs["trainval"].path, trained),
+            curve_jobs(args, runner, train_dir, trained),
             args.parallel,
             on_done=lambda job: curves.__setitem__(job.name, job.result),
         )

@@ -135,13 +135,27 @@ def bar_chart(context: Context, results: dict, out_file: Path) -> Path | None:
 
 
 def _command(args) -> str:
-    parts = ["benchmarks/kd_benchmark.py", "--split", args.split]
+    parts = ["benchmarks/kd_benchmark.py", "--dataset", args.dataset, "--split", args.split]
     keys = ["runs", "seeds", "epochs", "teacher_epochs", "train_frames", "dev_frames", "test_frames", "parallel"]
     keys += ["extra_tag", "teacher_tag"]
     for key in keys:
         value = getattr(args, key)
         parts += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
     return ".venv/bin/python " + shlex.join(parts)
+
+
+def _data_line(args, iters: int) -> str:
+    if args.dataset == "kitti":
+        return (
+            f"Data: KITTI at {args.data_root}, trained on its train split, the table on its val split (the paper's "
+            f"protocol and configs). Schedule: {args.epochs} epochs for teachers and students."
+        )
+    return (
+        f"Data: synthetic KITTI-format, train {args.train_frames} frames + dev {args.dev_frames} (generator seed 1), "
+        f"test {args.test_frames} (seed 2). Schedule: students {args.epochs} epochs ({iters} iterations at batch "
+        f"{args.batch_size or 4}), teachers {args.teacher_epochs}; the rest as in "
+        "tools/cfgs/kitti_models/*_synthetic.yaml."
+    )
 
 
 def write_report(context: Context, results: dict, out_file: Path) -> str:
@@ -161,12 +175,8 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
         "## Results",
         "",
         f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {args.parallel} runs "
-        f"side by side (one torch thread each); wall time of this invocation {wall:.0f} min. Data: synthetic "
-        f"KITTI-format, train {args.train_frames} frames + dev {args.dev_frames} (generator seed 1), test "
-        f"{args.test_frames} (seed 2). Schedule: students {args.epochs} epochs ({iters} iterations at batch "
-        f"{args.batch_size or 4}), teachers {args.teacher_epochs}, the rest as in "
-        "tools/cfgs/kitti_models/*_synthetic.yaml. Seed s: teacher trained "
-        "with seed s, the seed-s students distil from it.",
+        f"side by side; wall time of this invocation {wall:.0f} min. {_data_line(args, iters)} Seed s: teacher "
+        "trained with seed s, the seed-s students distil from it.",
         "",
         f"KITTI moderate R40 AP on the **{context.split}** split, mean ± sample std over the seeds a row holds. "
         "Latency: test.py --infer_time, batch 1, measured while another run shared the CPU (indicative only).",

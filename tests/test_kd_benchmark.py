@@ -82,3 +82,35 @@ def test_dev_runs_never_open_the_test_split_and_splits_are_disjoint(tmp_path):
     assert len(train) == 6 and len(dev_frames) == 4 and len(test_frames) == 4
     assert set(train).isdisjoint(dev_frames)
     assert len(set(train.values()) | set(dev_frames.values()) | set(test_frames.values())) == 14
+
+
+KITTI_REAL = REPO.parent / "shared" / "data" / "kitti_real"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not KITTI_REAL.is_dir(), reason="shared KITTI sample frames not available")
+def test_kitti_protocol_runs_the_papers_configs_on_real_frames(tmp_path):
+    from test_kitti_data import _link_kitti
+
+    from pcdet.datasets.kitti.kitti_dataset import main as kitti_infos
+
+    kitti = _link_kitti(tmp_path)
+    kitti_infos(
+        ["create_kitti_infos", str(REPO / "tools/cfgs/dataset_configs/kitti_dataset.yaml")]
+        + ["--data_path", str(kitti), "--workers", "1"]
+    )
+    cmd = [sys.executable, str(REPO / "benchmarks" / "kd_benchmark.py"), "--dataset", "kitti", "--runs"]
+    cmd += ["pointdistiller", "--seeds", "0", "--epochs", "1", "--batch_size", "3", "--workers", "0", "--parallel", "2"]
+    cmd += ["--data_root", str(kitti), "--output_root", str(tmp_path / "out"), "--report", str(tmp_path / "kitti.md")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for cfg in ("pointpillar.yaml", "pointpillar_kd.yaml"):
+        assert f"train.py --cfg_file cfgs/kitti_models/{cfg}" in run.stdout
+    report = (tmp_path / "kitti.md").read_text()
+    assert (
+        "KITTI at" in report
+        and "| 4x + PointDistiller | 1 | 1.22 |" in report
+        and "| PointPillars teacher | 1 | 4.83 |" in report
+    )
+    refused = subprocess.run(cmd + ["--split", "dev"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "no dev split" in refused.stderr
