@@ -205,11 +205,7 @@ def test_pretrained_model_over_ckpt_names_both_files_and_warns_when_most_weights
 
 # ------------------------------------------------------------------------------------------------ demo, slurm
 def test_demo_names_the_missing_label_or_calib_file(tmp_path, caplog):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pcdet_tool_demo_errors", TOOLS / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = _load("demo")
     frame = tmp_path / "velodyne" / "000003.bin"
     (tmp_path / "label_2").mkdir()
     logger = logging.getLogger("pcdet.test_demo")
@@ -276,3 +272,22 @@ def test_an_error_during_evaluation_starts_its_own_line_after_the_progress_bar(t
     lines = [line for line in capsys.readouterr().err.split("\n") if line]
     assert lines[-1] == "error: corrupt LiDAR file 000004.bin: 6 bytes is not a multiple of 16"
     assert "eval" in lines[-2]  # the closed bar, on its own line
+
+
+def _load(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"pcdet_tool_{name}_defaults", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workers_default_fits_the_machine_and_demo_reads_bins_through_point_cloud_io(tmp_path, monkeypatch):
+    for name in ("train", "test"):
+        assert _load(name).build_parser().parse_args(["--cfg_file", "x"]).workers == min(4, os.cpu_count())
+    demo = _load("demo")
+    calls = []
+    monkeypatch.setattr(demo, "load_points_bin", lambda path: calls.append(path) or np.zeros((1, 4), np.float32))
+    demo.read_points(tmp_path / "x.bin")
+    assert calls == [tmp_path / "x.bin"]
