@@ -19,5 +19,5 @@ setup(
     # torch is deliberately not listed: an unpinned torch requirement pulls a multi-GB CUDA build.
     # requirements.txt pins the CPU wheel; docs/INSTALL.md explains the CUDA path.
     install_requires=["numpy", "numba", "easydict", "pyyaml", "tensorboardX", "tqdm", "pillow", "matplotlib", "scipy"],
-    extras_require={"nuscenes": ["nuscenes-devkit"], "shm": ["SharedArray"]},
+    extras_require={"shm": ["SharedArray"]},  # nuScenes support (and its devkit extra) does not exist yet
 )
