@@ -50,6 +50,13 @@ def test_numba_nms_edge_cases():
     for thresh in (0.99, 1.0):
         expected = iou_nms._blocked_greedy_nms(torch.from_numpy(same), thresh, iou_nms._rotated_suppression)
         assert greedy_rotated_nms(same, thresh).tolist() == expected.tolist()
+    # A NaN box overlaps nothing and must not stop the others from suppressing each other.
+    with_nan = np.vstack([same[:1], np.full((1, 7), np.nan), same[1:]])
+    assert greedy_rotated_nms(with_nan, 0.5).tolist() == [0, 1, 4]
+    # Boxes far apart in x are outside each other's window; a long box reaches across it.
+    row = np.array([[x, 0, 0, 4, 1.6, 1.5, 0] for x in (0.0, 3.0, 50.0, 53.0)] + [[26.5, 0, 0, 60, 1.6, 1.5, 0]])
+    assert greedy_rotated_nms(row, 0.1).tolist() == [0, 2, 4]
+    assert greedy_rotated_nms(row[[4, 0, 1, 2, 3]], 0.01).tolist() == [0]
 
 
 def _random_pillars(rng: np.random.Generator, num: int = 300) -> dict:

@@ -2,8 +2,9 @@
 
 The PyTorch formulation in ``iou3d_nms_utils`` vectorises over pairs, which suits a GPU; on a CPU its cost for a
 dense head's 4096 candidates is the overhead of a few hundred small tensor operations (~60 ms per frame), not
-arithmetic. Here the greedy loop runs pair by pair: a pair is only looked at when both boxes are still alive, the
-axis-aligned extents are compared first, then the cheap upper bound, and only then is the intersection clipped.
+arithmetic. Here the greedy loop runs pair by pair: a kept box only looks at the later, still alive boxes within
+reach in x (a window of the x-sorted order), compares axis-aligned extents first, then the cheap upper bound, and
+only then clips the intersection. Which box removes which does not depend on the order the pairs are visited in.
 The geometry is the PyTorch version's, step for step (same prefilter, same bound and margin, same
 Sutherland–Hodgman clipping with the same vertex budget, float64), so the kept boxes are the same.
 """
@@ -93,7 +94,9 @@ def _aligned_overlap(frame: np.ndarray, other: np.ndarray) -> float:
 
 
 @njit_cached
-def _greedy_kernel(boxes: np.ndarray, thresh: float, ux: np.ndarray, uy: np.ndarray, bufs: np.ndarray) -> np.ndarray:
+def _greedy_kernel(
+    boxes: np.ndarray, thresh: float, by_x: np.ndarray, ux: np.ndarray, uy: np.ndarray, bufs: np.ndarray
+) -> np.ndarray:
     n = boxes.shape[0]
     hx = np.empty(n)
     hy = np.empty(n)
@@ -101,6 +104,13 @@ def _greedy_kernel(boxes: np.ndarray, thresh: float, ux: np.ndarray, uy: np.ndar
         c, s = abs(math.cos(boxes[i, 6])), abs(math.sin(boxes[i, 6]))
         hx[i] = 0.5 * (boxes[i, 3] * c + boxes[i, 4] * s)
         hy[i] = 0.5 * (boxes[i, 3] * s + boxes[i, 4] * c)
+    max_hx = 0.0
+    for i in range(n):
+        if hx[i] > max_hx:  # NaN boxes (which overlap nothing) must not widen every window to nothing
+            max_hx = hx[i]
+    sorted_x = np.empty(n)
+    for k in range(n):
+        sorted_x[k] = boxes[by_x[k], 0]
     removed = np.zeros(n, dtype=np.bool_)
     kept = np.empty(n, dtype=np.int64)
     num_kept = 0
@@ -111,8 +121,14 @@ def _greedy_kernel(boxes: np.ndarray, thresh: float, ux: np.ndarray, uy: np.ndar
         num_kept += 1
         a = boxes[i]
         area_a = a[3] * a[4]
-        for j in range(i + 1, n):
-            if removed[j]:
+        # Only boxes whose x lies within hx_i + max_hx can pass the x-extent test: scan that window of the
+        # x-sorted order (bounds widened by a margin, the exact test below decides).
+        reach = (hx[i] + max_hx) * (1 + 1e-9) + 1e-9
+        lo = np.searchsorted(sorted_x, a[0] - reach, side="left")
+        hi = np.searchsorted(sorted_x, a[0] + reach, side="right")
+        for k in range(lo, hi):
+            j = by_x[k]
+            if j <= i or removed[j]:
                 continue
             b = boxes[j]
             if not (abs(a[0] - b[0]) < hx[i] + hx[j] and abs(a[1] - b[1]) < hy[i] + hy[j]):
@@ -131,5 +147,6 @@ def greedy_rotated_nms(boxes: np.ndarray, thresh: float) -> np.ndarray:
     """Kept positions (ascending) of greedy NMS over ``boxes (N, 7+)`` already sorted by descending score: a box
     is dropped when its rotated BEV IoU with an earlier kept box exceeds ``thresh``."""
     boxes = np.ascontiguousarray(boxes[:, 0:7], dtype=np.float64)
+    by_x = np.argsort(boxes[:, 0], kind="stable")
     bufs = np.empty((3, 9, 2))  # polygon, clipping rectangle, clip output (at most 8 vertices)
-    return _greedy_kernel(boxes, float(thresh), _UNIT_X, _UNIT_Y, bufs)
+    return _greedy_kernel(boxes, float(thresh), by_x, _UNIT_X, _UNIT_Y, bufs)
