@@ -75,6 +75,11 @@ def test_points_come_from_shared_memory_in_loader_workers_and_go_at_close(data_r
     shared.close()
     assert _segments(shared.prefix) == []
     assert watchdog.poll() is not None  # stopped, not left running
+    # Frames not mapped before the close fall back to the files (restored here).
+    for f in frames:
+        on_disk[f].tofile(data_root / "training" / "velodyne" / f"{f}.bin")
+    shared._attached.clear()
+    np.testing.assert_array_equal(ds.get_lidar(frames[1]), on_disk[frames[1]])
 
 
 def test_frame_limit_and_unreadable_frames_stay_on_disk(data_root):

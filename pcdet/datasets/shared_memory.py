@@ -115,18 +115,26 @@ class SharedPointClouds:
                 points = read_points(frame_id)
             except (OSError, ValueError):  # missing / corrupt: left to the normal read path, which reports it
                 continue
-            segment = shared_array.create(f"shm://{self.prefix}{frame_id}", points.shape, dtype=points.dtype)
+            try:
+                segment = shared_array.create(f"shm://{self.prefix}{frame_id}", points.shape, dtype=points.dtype)
+            except FileExistsError:  # a second training set of this run on the same data: already shared
+                continue
             segment[...] = points
             copied += 1
         logger.info(f"Copied {copied} training point clouds ({needed / 2**20:.0f} MiB) to {SHM_DIR} ({self.prefix}*)")
 
     def points(self, frame_id: str) -> np.ndarray | None:
-        """A private copy of the frame's points (augmentation works in place), or None if it is not shared."""
+        """A private copy of the frame's points (augmentation works in place), or None if it is not shared (or no
+        longer: the owner has closed), in which case the caller reads the file."""
         if frame_id not in self.frames:
             return None
         segment = self._attached.get(frame_id)
         if segment is None:
-            segment = self._attached[frame_id] = import_shared_array().attach(f"shm://{self.prefix}{frame_id}", ro=True)
+            try:
+                segment = import_shared_array().attach(f"shm://{self.prefix}{frame_id}", ro=True)
+            except FileNotFoundError:
+                return None
+            self._attached[frame_id] = segment
         return np.array(segment)
 
     def close(self) -> None:
