@@ -120,7 +120,9 @@ def ball_query(radius: float, nsample: int, xyz: torch.Tensor, new_xyz: torch.Te
     return _ball_query_torch(radius2, nsample, xyz, new_xyz)
 
 
-def _ball_query_cpu(radius2: float, cell: float, nsample: int, xyz: torch.Tensor, new_xyz: torch.Tensor):
+def _ball_query_cpu(
+    radius2: float, cell: float, nsample: int, xyz: torch.Tensor, new_xyz: torch.Tensor
+) -> torch.Tensor:
     out = np.zeros((xyz.shape[0], new_xyz.shape[1], nsample), dtype=np.int32)
     _numba_threads()
     points = xyz.detach().contiguous().numpy()
