@@ -64,6 +64,9 @@ def _add_frame(root: Path, infos: list, template: dict, frame: str, points: byte
     info["point_cloud"]["lidar_idx"] = frame
     info["image"]["image_idx"] = frame
     (root / "training" / "velodyne" / f"{frame}.bin").write_bytes(points)
+    # Samples read their calib/<id>.txt (the infos' copy is not used): the frame gets its template's.
+    template_calib = root / "training" / "calib" / f"{template['point_cloud']['lidar_idx']}.txt"
+    shutil.copy(template_calib, root / "training" / "calib" / f"{frame}.txt")
     if image:
         source = root / "training" / "image_2" / f"{template['image']['image_idx']}.png"
         shutil.copy(source, root / "training" / "image_2" / f"{frame}.png")
