@@ -4,8 +4,8 @@
     python visual_utils/plot_curves.py ../output/.../train_20240101-120000.log
 
 A run directory is read from its ``tensorboard/`` event files (no tensorboard installation needed: the records are
-decoded with tensorboardX's protobuf classes); a ``.log`` file from the ``Train:`` lines that ``train.py`` writes by
-default (not with ``--use_tqdm_to_record``). When a run was resumed, the scalars of the later file win for repeated iterations.
+decoded with tensorboardX's protobuf classes); a ``.log`` file from the ``Train:`` lines that ``train.py`` writes
+by default (not with ``--use_tqdm_to_record``). When a run was resumed, the scalars of the later file win for repeated iterations.
 """
 
 from __future__ import annotations
