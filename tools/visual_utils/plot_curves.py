@@ -5,7 +5,8 @@
 
 A run directory is read from its ``tensorboard/`` event files (no tensorboard installation needed: the records are
 decoded with tensorboardX's protobuf classes); a ``.log`` file from the ``Train:`` lines that ``train.py`` writes
-by default (not with ``--use_tqdm_to_record``). When a run was resumed, the scalars of the later file win for repeated iterations.
+by default (not with ``--use_tqdm_to_record``). When a run was resumed, the scalars of the later file win for
+repeated iterations.
 """
 
 from __future__ import annotations
