@@ -112,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.report is None:
         name = {"dev": "BENCHMARK_DEV.md", "test": "BENCHMARK.md"}[args.split]
         args.report = str(REPO / "docs" / (name if args.dataset == "synthetic" else "BENCHMARK_KITTI.md"))
+    args.report = str(Path(args.report).resolve())  # before main() changes into tools/
     return args
 
 

@@ -162,7 +162,7 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
     args = context.args
     wall = (time.time() - context.started) / 60
     total = len(args.seeds) * len({"teacher", *args.runs})
-    chart = bar_chart(context, results, out_file.parent / "images" / "benchmark" / f"kd_{context.split}.png")
+    chart = bar_chart(context, results, out_file.parent / "images" / "benchmark" / f"{out_file.stem.lower()}.png")
     iters = math.ceil(args.train_frames / (args.batch_size or 4)) * args.epochs
     lines = [
         f"# KD benchmark — {context.split} split (written by benchmarks/kd_benchmark.py)",

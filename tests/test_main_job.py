@@ -23,7 +23,11 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path):
 
     job_dir = tmp_path / "out" / "main_job" / "main_job"
     rows = json.loads((job_dir / "results.json").read_text())
-    assert [r["model"] for r in rows] == ["PointPillars teacher", "4x student", "4x + PointDistiller"]
+    assert [r["model"] for r in rows] == [
+        "PointPillars teacher",
+        "4x student",
+        "4x + PointDistiller (frozen teacher adapter)",
+    ]
     teacher, student = rows[0], rows[1]
     assert teacher["params_M"] == pytest.approx(4.834888, abs=1e-6)  # OpenPCDet's PointPillars parameter count
     assert student["params_M"] < teacher["params_M"] / 3.5
@@ -33,9 +37,11 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path):
         assert (job_dir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Every stage printed the ordinary command a user can copy; the table was evaluated on the held-out test set.
     out = first.stdout + first.stderr
-    assert "$ cd tools && " in out and "train.py --cfg_file cfgs/kitti_models/pointpillar_kd_synthetic.yaml" in out
+    assert (
+        "$ cd tools && " in out and "train.py --cfg_file cfgs/kitti_models/pointpillar_kd_frozen_synthetic.yaml" in out
+    )
     assert out.count(f"DATA_CONFIG.DATA_PATH {tmp_path / 'data' / 'test'}") == 3
-    assert "| 4x + PointDistiller | 1.22 |" in first.stdout
+    assert "| 4x + PointDistiller (frozen teacher adapter) | 1.22 |" in first.stdout
 
     second = subprocess.run(cmd, cwd=REPO / "tools", env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
