@@ -88,3 +88,18 @@ def test_frozen_teacher_adapter_stays_at_its_initialisation(tmp_path):
         assert torch.equal(value, frozen[key]), key
     # BatchNorm still normalises with batch statistics, and its running statistics still advance.
     assert int(pd.teacher_adapter.bn.num_batches_tracked) == 1
+
+
+def test_diagnostics_on_bev_map_nodes_use_cell_centres(tmp_path):
+    pd_map = {"NAME": "PointDistiller", "FEATURE": "spatial_features_2d", "NUM_NODES": 64, "K": 8}
+    pd_map |= {"IMPORTANCE": "feature_max", "GRAPH": "sample", "TAU": 1.0}
+    cfg, student, _ = _kd_setup(tmp_path, [pd_map])
+    distiller = build_distiller(cfg, student, _dataset(cfg)).train()
+    batch = _batch(cfg)
+    _, tb, _ = distiller(dict(batch))
+    parts = {k.removeprefix("kd/PointDistiller/"): v for k, v in tb.items() if k.startswith("kd/PointDistiller/")}
+    assert parts["queries"] == 2 * 64
+    # Two boxes of a few m² in a BEV range of tens of m²: a small share of the cells, and cell centres lie within it.
+    assert 0 < parts["node_fg_share"] < 0.2
+    pc_range = cfg.DATA_CONFIG.POINT_CLOUD_RANGE
+    assert 0 < parts["query_mean_range_m"] < math.hypot(pc_range[3], max(abs(pc_range[1]), abs(pc_range[4])))

@@ -305,7 +305,8 @@ class PointDistiller(KDLoss):
 
     def _node_positions(self, batch: KDBatch, teacher: torch.Tensor) -> torch.Tensor | None:
         """(M, 2) BEV positions in metres: a voxel's point centroid, a map cell's centre; None if unknown."""
-        if teacher.dim() == 2:
+        feature = batch.teacher[self.teacher_key]
+        if feature.dim() == 2:  # voxel-level nodes (``teacher`` is always (M, C), for maps too)
             voxels = batch.teacher["voxels"]
             counts = batch.teacher["voxel_num_points"].clamp_min(1).to(voxels.dtype)
             centroid = voxels[:, :, :2].sum(1) / counts[:, None]
@@ -313,12 +314,12 @@ class PointDistiller(KDLoss):
         if self._map_geometry is None:
             return None
         x_min, y_min, _, x_max, y_max, _ = (float(v) for v in self._map_geometry)
-        height, width = batch.teacher[self.teacher_key].shape[2:]
+        height, width = feature.shape[2:]
         ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
         cell = torch.stack(
             [(xs + 0.5) * (x_max - x_min) / width + x_min, (ys + 0.5) * (y_max - y_min) / height + y_min]
         )
-        return cell.reshape(2, -1).t().repeat(batch.teacher[self.teacher_key].shape[0], 1).to(teacher.device)
+        return cell.reshape(2, -1).t().repeat(feature.shape[0], 1).to(teacher.device)
 
     def _selection_stats(self, batch: KDBatch, teacher: torch.Tensor, node_batch: torch.Tensor, graph: Graph) -> dict:
         """Which nodes the queries and their RL weights pick: objects or background, near or far."""
