@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import kd_report  # noqa: E402
 import stage_runner  # noqa: E402  (tools/ is not a package; the stage runner lives there)
 
+from pcdet.utils.checkpoint_io import file_sha256  # noqa: E402
+
 TEACHER_CFG = "pointpillar_synthetic.yaml"
 STUDENT_4X, STUDENT_16X = "pointpillar_4x_synthetic.yaml", "pointpillar_16x_synthetic.yaml"
 
@@ -182,7 +184,7 @@ def prepare(args, runs: dict) -> tuple[Path, Path, dict]:
                 f"error: {', '.join(absent)} missing: run python -m pcdet.datasets.kitti.kitti_dataset "
                 f"create_kitti_infos cfgs/dataset_configs/kitti_dataset.yaml --data_path {root}"
             )
-        return root, root, {"dataset": "kitti", "infos": [stage_runner.sha256_file(p) for p in infos]}
+        return root, root, {"dataset": "kitti", "infos": [file_sha256(p) for p in infos]}
     specs = stage_runner.protocol_data(root, args.train_frames, args.dev_frames, args.test_frames)
     pc_range = list(stage_runner.stage_config(runs["teacher"][1], []).DATA_CONFIG.POINT_CLOUD_RANGE)
     meta = stage_runner.prepare_data(specs["trainval"], pc_range)

@@ -16,11 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from visual_utils.plot_curves import read_scalars  # noqa: E402
+from visual_utils.plot_curves import panel_grid, read_scalars, save_panels  # noqa: E402
 
 DEFAULT_TAGS = [
     "kd/PointDistiller",
@@ -37,26 +33,15 @@ DEFAULT_TAGS = [
 
 def plot(run_dirs: list[Path], labels: list[str], tags: list[str], out: Path) -> Path:
     runs = [read_scalars(d) for d in run_dirs]
-    cols = min(3, len(tags))
-    rows = (len(tags) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows), squeeze=False)
-    for ax, tag in zip(axes.flat, tags):
+    fig, axes = panel_grid(len(tags))
+    for ax, tag in zip(axes, tags):
         for scalars, label in zip(runs, labels):
             series = scalars.get(f"train/{tag}", {})
             steps = sorted(series)
             ax.plot(steps, [series[s] for s in steps], marker=".", linewidth=1.0, label=label)
         ax.set_title(tag, fontsize=9)
-        ax.set_xlabel("iteration", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tags) :]:
-        ax.set_visible(False)
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    axes[0].legend(fontsize=8)
+    return save_panels(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:

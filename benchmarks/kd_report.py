@@ -36,7 +36,8 @@ PROTOCOL = """## Protocol
   whose table is this page (tests/test_kd_benchmark.py checks both).
 - **Runs**: seed s trains its own teacher (`pointpillar_synthetic.yaml`, `--fix_random_seed --seed s`); every seed-s
   student distils from it with the same seed, so a student and its distilled twin see the same data order and their
-  difference is paired. Every run, teacher and students alike, has the same schedule (`--epochs`).
+  difference is paired. Students and teachers have the same schedule (`--epochs`) unless `--teacher_epochs` sets
+  the teachers' apart (the short-schedule screen of docs/KD_STUDY.md: students 4 epochs, teachers 16).
 - **Metric**: KITTI moderate R40 AP (the official-devkit-equivalent evaluator), BEV and 3D, per class and the
   3-class mean; mean ± sample std over seeds; for distilled runs the seed-paired difference to the plain student of
   the same width, and whether its mean exceeds twice its sample std.

@@ -42,6 +42,16 @@ cfg.ROOT_DIR = ROOT_DIR
 cfg.LOCAL_RANK = 0
 
 
+def plain_data(value: Any) -> Any:
+    """EasyDict / tuples → dicts (str keys) / lists of plain values: what YAML, JSON and a weights_only checkpoint
+    can hold."""
+    if isinstance(value, dict):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_data(v) for v in value]
+    return value
+
+
 def _find_base_file(base: str, referrer: str) -> Path:
     path = Path(os.path.expanduser(str(base)))
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, ROOT_DIR / "tools" / path]

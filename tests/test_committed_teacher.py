@@ -14,10 +14,9 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import freeze_teacher  # noqa: E402
 import main_job  # noqa: E402
-from stage_runner import sha256_file  # noqa: E402
 
 from pcdet.datasets.synthetic import GENERATOR_VERSION  # noqa: E402
-from pcdet.utils.checkpoint_io import safe_load  # noqa: E402
+from pcdet.utils.checkpoint_io import file_sha256, safe_load  # noqa: E402
 
 CKPT = main_job.COMMITTED_TEACHER
 TEACHER_CFG = REPO / "tools" / "cfgs" / "kitti_models" / main_job.TEACHER_CFG
@@ -27,7 +26,7 @@ def test_checkpoint_is_the_recorded_file():
     readme = (CKPT.parent / "README.md").read_text()
     recorded = re.search(r"sha256 `([0-9a-f]{64})`", readme)
     assert recorded, "checkpoints/README.md must record the sha256"
-    assert sha256_file(CKPT) == recorded.group(1)
+    assert file_sha256(CKPT) == recorded.group(1)
     assert CKPT.stat().st_size <= 20_000_000
     assert f"{CKPT.stat().st_size} bytes" in readme
 

@@ -23,29 +23,21 @@ import numpy as np
 import torch
 from easydict import EasyDict
 
-from pcdet.config import cfg_from_yaml_file
+from pcdet.config import cfg_from_yaml_file, plain_data
 from pcdet.datasets.synthetic import GENERATOR_VERSION
 from pcdet.datasets.synthetic.generate import generate_frame
 from pcdet.models import build_network
 from pcdet.models.kd.feature_matching import VoxelGrid
-from pcdet.utils.checkpoint_io import atomic_torch_save, safe_load
+from pcdet.utils.checkpoint_io import atomic_torch_save, file_sha256, safe_load
 
 # A frame of neither split's generator seed (the protocol uses seeds 1 and 2).
 PROBE_SEED, PROBE_INDEX = 97, 0
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def model_config(cfg: EasyDict) -> str:
     """What decides the network and its input: MODEL, classes, range and voxelisation, as canonical JSON."""
-    processor = [_plain(p) for p in cfg.DATA_CONFIG.DATA_PROCESSOR if p.NAME == "transform_points_to_voxels"]
-    keep = {"MODEL": _plain(cfg.MODEL), "CLASS_NAMES": list(cfg.CLASS_NAMES), "VOXELS": processor}
+    processor = [plain_data(p) for p in cfg.DATA_CONFIG.DATA_PROCESSOR if p.NAME == "transform_points_to_voxels"]
+    keep = {"MODEL": plain_data(cfg.MODEL), "CLASS_NAMES": list(cfg.CLASS_NAMES), "VOXELS": processor}
     keep["POINT_CLOUD_RANGE"] = list(cfg.DATA_CONFIG.POINT_CLOUD_RANGE)
     return json.dumps(keep, sort_keys=True)
 
@@ -102,10 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(frozen, out)
-    from stage_runner import sha256_file
-
     size = out.stat().st_size
-    print(f"{out}: {size} bytes ({size / 2**20:.1f} MiB), sha256 {sha256_file(out)}")
+    print(f"{out}: {size} bytes ({size / 2**20:.1f} MiB), sha256 {file_sha256(out)}")
     print("fingerprint", np.round(frozen["provenance"]["fingerprint"], 6).tolist())
 
 

@@ -31,18 +31,10 @@ from train_utils.experiment import experiment_output_dir, load_experiment_config
 
 from pcdet.config import cfg as base_cfg
 from pcdet.datasets.synthetic import GENERATOR_VERSION
-from pcdet.utils.checkpoint_io import atomic_write_bytes
+from pcdet.utils.checkpoint_io import atomic_write_bytes, file_sha256
 
 TOOLS_DIR = Path(__file__).resolve().parent
 ROOT_DIR = TOOLS_DIR.parent
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def key_of(*parts) -> str:
@@ -257,7 +249,7 @@ class Runner:
         teacher_sha = None
         if teacher_ckpt is not None:
             cmd += ["--teacher_ckpt", str(teacher_ckpt)]
-            teacher_sha = sha256_file(teacher_ckpt)
+            teacher_sha = file_sha256(teacher_ckpt)
         cmd += ["--set", *self.set_cfgs]
         key = key_of("train", cfg, self.meta, cmd[1:], teacher_sha)
         if self.book.finished(f"train/{name}", key, ckpt):
@@ -289,7 +281,7 @@ class Runner:
         cmd += ["--set", *set_cfgs]
         meta_file = data_dir / "synthetic_meta.json"
         data_meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        key = key_of("test", cfg, data_meta, cmd[1:], sha256_file(ckpt))
+        key = key_of("test", cfg, data_meta, cmd[1:], file_sha256(ckpt))
         summary_file = self.job_dir / "eval" / f"{name}.json"
         if self.book.finished(f"test/{name}", key, summary_file):
             tqdm.write(f"[skip] test {name}: {summary_file} is up to date")

@@ -107,18 +107,29 @@ def plot_curves(scalars: Scalars, out_file: str | Path, tags: list[str] | None =
     missing = [t for t in tags if t not in scalars]
     if missing or not tags:
         raise KeyError(f"no scalars for {missing or 'any tag'}; available: {', '.join(sorted(scalars))}")
-    cols = min(3, len(tags))
-    rows = (len(tags) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.0 * rows), squeeze=False)
-    for ax, tag in zip(axes.flat, tags):
+    fig, axes = panel_grid(len(tags))
+    for ax, tag in zip(axes, tags):
         steps = sorted(scalars[tag])
         ax.plot(steps, [scalars[tag][s] for s in steps], linewidth=1.0)
         ax.set_title(tag, fontsize=9)
+    return save_panels(fig, out_file)
+
+
+def panel_grid(count: int):
+    """A figure of ``count`` small panels (3 per row) against the iteration; returns (figure, the used axes)."""
+    cols = min(3, count)
+    rows = (count + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat:
         ax.set_xlabel("iteration", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tags) :]:
+    for ax in list(axes.flat)[count:]:
         ax.set_visible(False)
+    return fig, list(axes.flat)[:count]
+
+
+def save_panels(fig, out_file: str | Path) -> Path:
     fig.tight_layout()
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)

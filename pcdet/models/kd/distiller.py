@@ -8,20 +8,12 @@ import logging
 import torch
 import torch.nn as nn
 
+from ...config import plain_data
 from .diagnostics import gradient_report
 from .errors import KDConfigError
 from .feature_matching import VoxelGrid, match_voxels
 from .losses import KDBatch
 from .teacher import Teacher, module_names, run_teacher
-
-
-def _plain(value):
-    """EasyDict/tuples → dicts/lists of str and numbers (what a weights_only checkpoint may hold)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _count(params) -> int:
@@ -49,7 +41,7 @@ class Distiller(nn.Module):
         self.student = student
         self.kd_losses = losses
         object.__setattr__(self, "_teacher", teacher)
-        self._loss_cfgs = _plain(loss_cfgs)
+        self._loss_cfgs = plain_data(loss_cfgs)
         self._student_grid = student_grid
         self._logger = logger or logging.getLogger("pcdet")
         self._teacher_keys = set().union(*(loss.teacher_keys() for loss in losses.values()))

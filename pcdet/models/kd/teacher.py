@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import torch.nn as nn
 from easydict import EasyDict
 
 from ...config import ROOT_DIR, cfg_from_yaml_file
-from ...utils.checkpoint_io import CheckpointError, safe_load
+from ...utils.checkpoint_io import CheckpointError, file_sha256, safe_load
 from .. import build_network
 from ..detectors import StateDictMismatchError, load_state_dict_strict
 from .errors import KDConfigError
@@ -42,14 +41,6 @@ def find_file(path: str | os.PathLike, what: str) -> Path:
     # Run from tools/, both candidates are one directory: name each place once.
     tried = list(dict.fromkeys(str(c.resolve()) for c in candidates))
     raise KDConfigError(f"{what} not found: {path} (tried {', '.join(tried)})")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_teacher_weights(model: nn.Module, ckpt_path: Path, cfg_path: Path | None = None) -> None:
