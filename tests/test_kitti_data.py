@@ -400,3 +400,14 @@ def test_evaluation_scores_gt_boxes_above_shifted_ones(kitti_root):
     assert "Car" in result_str
     assert exact["Car_3d/moderate_R40"] > 0 and exact["Car_bev/easy"] > 0
     assert shifted["Car_3d/moderate_R40"] == 0 and shifted["Car_bev/easy"] == 0
+
+
+@needs_kitti
+def test_missing_road_planes_are_one_counted_data_issue(kitti_root, caplog):
+    """The shared frames have no planes/: each lookup is counted, and only the 1st (10th, 100th, ...) is logged —
+    the gt sampler no longer adds a second warning of its own."""
+    ds = KittiDataset(_dataset_cfg(), CLASSES, training=True, root_path=kitti_root)
+    with caplog.at_level("WARNING"):
+        assert ds.get_road_plane("000000") is None and ds.get_road_plane("000001") is None
+    assert ds.data_issues.totals()["missing_road_plane"] == 2
+    assert caplog.text.count("road plane file missing") == 1 and "planes/000000.txt" in caplog.text

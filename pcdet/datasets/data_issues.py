@@ -24,6 +24,7 @@ CASES: dict[str, str] = {
     "unknown_class": "objects of unknown classes dropped",
     "missing_image": "image file missing",
     "corrupt_point_cloud": "point-cloud file unreadable (SKIP_CORRUPT_FRAMES)",
+    "missing_road_plane": "road plane file missing: gt_sampling keeps database heights",
 }
 # Worker k shares row 1 + k % (_ROWS - 1) with others only beyond this many workers (counts may then undercount).
 _ROWS = 65

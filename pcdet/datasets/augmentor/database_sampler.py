@@ -35,7 +35,6 @@ class DataBaseSampler(common_utils.LoggerPicklingMixin):
         self.use_road_plane = bool(sampler_cfg.get("USE_ROAD_PLANE", False))
         self.limit_whole_scene = bool(sampler_cfg.get("LIMIT_WHOLE_SCENE", False))
         self.remove_extra_width = list(sampler_cfg.get("REMOVE_EXTRA_WIDTH", [0.0, 0.0, 0.0]))
-        self._warned_no_plane = False
 
         self.db_infos: dict[str, list[dict]] = {name: [] for name in self.class_names}
         for rel_path in sampler_cfg.DB_INFO_PATH:
@@ -140,16 +139,11 @@ class DataBaseSampler(common_utils.LoggerPicklingMixin):
     def add_sampled_boxes_to_scene(self, data_dict: dict, sampled_boxes: np.ndarray, sampled_infos: list[dict]):
         points = data_dict["points"]
         if self.use_road_plane:
+            # A frame without a plane keeps database heights; the dataset reports the missing file (data issue).
             if data_dict.get("road_plane") is not None:
                 sampled_boxes, _ = self.put_boxes_on_road_planes(
                     sampled_boxes, data_dict["road_plane"], data_dict["calib"]
                 )
-            elif not self._warned_no_plane:
-                self.logger.warning(
-                    f"gt_sampling USE_ROAD_PLANE: no road plane for frame {data_dict.get('frame_id')}; "
-                    "pasting objects at their database height (warned once)"
-                )
-                self._warned_no_plane = True
 
         obj_points_list = []
         for k, info in enumerate(sampled_infos):

@@ -47,7 +47,6 @@ class KittiDataset(DatasetTemplate):
             c.NAME == "gt_sampling" and c.get("USE_ROAD_PLANE", False) and c.NAME not in self._disabled_augs()
             for c in dataset_cfg.DATA_AUGMENTOR.AUG_CONFIG_LIST
         )
-        self._missing_planes = 0
         self.kitti_infos: list[dict] = []
         self.include_kitti_data(self.mode)
         self.shared_points: SharedPointClouds | None = None
@@ -136,16 +135,12 @@ class KittiDataset(DatasetTemplate):
     def get_road_plane(self, idx: str) -> np.ndarray | None:
         """Ground plane ``(a, b, c, d)`` in the rectified camera frame, normal pointing up (-y), unit length.
 
-        A missing plane file gives None and a warning (the first time, then every 1000th), never an error.
+        A missing plane file gives None and a counted data issue (one warning per process at counts 1, 10, 100, ...,
+        also across epochs, whose loader workers are new processes), never an error.
         """
         plane_file = self.root_split_path / "planes" / f"{idx}.txt"
         if not plane_file.is_file():
-            self._missing_planes += 1
-            if self._missing_planes % 1000 == 1:
-                self.logger.warning(
-                    f"road plane file {plane_file} not found ({self._missing_planes} missing so far); "
-                    "gt_sampling keeps database heights for such frames"
-                )
+            self.data_issues.record("missing_road_plane", idx, str(plane_file), self.logger)
             return None
         lines = [line for line in plane_file.read_text().splitlines() if line.strip()]
         plane = np.array([float(v) for v in lines[-1].split()], dtype=np.float32)
