@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,3 +86,17 @@ def write_tiny_config(directory: Path, epochs: int = 2, name: str = "tiny_pp.yam
     base = TOOLS / "cfgs" / "kitti_models" / "pointpillar_synthetic.yaml"
     path.write_text(TINY_CFG.format(base=base, data=tiny_dataset(), epochs=epochs))
     return path
+
+
+def sigkill_when(cmd: list[str], ready: Path, env: dict, timeout: float = 240) -> None:
+    """Run ``cmd`` from tools/ and SIGKILL it as soon as ``ready`` exists (or it exits, or ``timeout`` s pass)."""
+    proc = subprocess.Popen(cmd, cwd=TOOLS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from easydict import EasyDict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tiny_experiment import PYTHON, TOOLS, tiny_dataset  # noqa: E402
+from _tiny_experiment import PYTHON, TOOLS, sigkill_when, tiny_dataset  # noqa: E402
 from train_utils.experiment import load_experiment_config  # noqa: E402
 from train_utils.train_utils import checkpoint_state, save_checkpoint  # noqa: E402
 
@@ -111,17 +109,7 @@ def test_second_trains_is_killed_resumes_and_test_py_evaluates(tmp_path):
     cfg_file = _tiny_second(tmp_path)
     out = tmp_path / "out"
     ckpt_dir = out / "tiny" / "tiny_second" / "default" / "ckpt"
-    proc = subprocess.Popen(_train_cmd(cfg_file, out), cwd=TOOLS, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.time() + 240
-        while not (ckpt_dir / "checkpoint_epoch_1.pth").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when(_train_cmd(cfg_file, out), ckpt_dir / "checkpoint_epoch_1.pth", _env())
     done = sorted(ckpt_dir.glob("checkpoint_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     assert done and done[-1].name != "checkpoint_epoch_4.pth", "killed too late to test resuming"
     epoch = int(done[-1].stem.rsplit("_", 1)[1])

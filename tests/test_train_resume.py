@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tiny_experiment import PYTHON, TOOLS, write_tiny_config  # noqa: E402
+from _tiny_experiment import PYTHON, TOOLS, sigkill_when, write_tiny_config  # noqa: E402
 from train_utils.optimization import build_optimizer, build_scheduler, get_lr, get_momentum  # noqa: E402
 from train_utils.train_utils import (  # noqa: E402
     LATEST_NAME,
@@ -366,18 +366,7 @@ def test_kill_9_during_training_then_same_command_resumes(tmp_path):
 
     out = tmp_path / "run"
     ckpt_dir = out / "tiny" / "tiny_pp" / "default" / "ckpt"
-    proc = subprocess.Popen(
-        _train_cmd(cfg_file, out, 3), cwd=TOOLS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 240
-        while not (ckpt_dir / "checkpoint_epoch_1.pth").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when(_train_cmd(cfg_file, out, 3), ckpt_dir / "checkpoint_epoch_1.pth", env)
     done = sorted(ckpt_dir.glob("checkpoint_epoch_*.pth"))
     assert done and "checkpoint_epoch_3.pth" not in [p.name for p in done], "killed too late to test resuming"
     newest = max(done, key=lambda p: int(p.stem.rsplit("_", 1)[1]))
