@@ -22,10 +22,12 @@ from typing import Any
 import yaml
 from easydict import EasyDict
 
+from .utils.cli import InputError
+
 BASE_KEY = "_BASE_CONFIG_"
 
 
-class ConfigError(KeyError, ValueError):
+class ConfigError(InputError, KeyError, ValueError):
     """A config that cannot be built: missing/cyclic base file, unknown key or wrongly typed ``--set`` value.
 
     Subclasses both KeyError (unknown key) and ValueError (bad value) so either ``except`` catches it.

@@ -18,8 +18,8 @@ from easydict import EasyDict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tiny_experiment import PYTHON, TOOLS, write_tiny_config  # noqa: E402
-from train_utils.experiment import ToolError, one_line_message, run_tool  # noqa: E402
+from _tiny_experiment import PYTHON, REPO, TOOLS, write_tiny_config  # noqa: E402
+from train_utils.experiment import ToolError  # noqa: E402
 
 from pcdet.config import ConfigError, cfg_from_yaml_file  # noqa: E402
 from pcdet.models import build_network  # noqa: E402
@@ -27,7 +27,10 @@ from pcdet.models.detectors import StateDictMismatchError, load_state_dict_stric
 from pcdet.models.kd.errors import KDConfigError  # noqa: E402
 from pcdet.models.kd.teacher import find_file, load_teacher_weights  # noqa: E402
 from pcdet.utils import common_utils  # noqa: E402
-from pcdet.utils.checkpoint_io import atomic_torch_save  # noqa: E402
+from pcdet.utils.calibration_kitti import CalibrationError  # noqa: E402
+from pcdet.utils.checkpoint_io import CheckpointError, atomic_torch_save  # noqa: E402
+from pcdet.utils.cli import USER_ERRORS, InputError, one_line_message, run_tool  # noqa: E402
+from pcdet.utils.object3d_kitti import LabelError  # noqa: E402
 from pcdet.utils.point_cloud_io import PointCloudError, load_points_bin  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -112,6 +115,38 @@ def test_run_tool_prints_one_line_logs_the_traceback_and_debug_reraises(tmp_path
 
     with pytest.raises(ZeroDivisionError):
         run_tool(bug, [])
+
+
+def test_every_project_error_type_is_reported_as_an_input_error():
+    kinds = (ConfigError, KDConfigError, StateDictMismatchError, CheckpointError, PointCloudError, CalibrationError,
+             LabelError, ToolError)  # fmt: skip
+    assert all(issubclass(kind, InputError) for kind in kinds)
+    assert issubclass(ConfigError, KeyError) and issubclass(PointCloudError, ValueError)  # their builtin bases stay
+    assert FileNotFoundError in USER_ERRORS and not issubclass(RuntimeError, USER_ERRORS)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])  # in the process itself, and in a pool of info workers
+def test_corrupt_bin_during_info_creation_is_one_error_line_naming_the_file(tmp_path, workers):
+    from pcdet.datasets.synthetic.generate import generate_dataset
+
+    generate_dataset(tmp_path, num_frames=4, seed=0, val_fraction=0.5, workers=1, progress=False)
+    frame = (tmp_path / "ImageSets" / "train.txt").read_text().split()[1]
+    bad = tmp_path / "training" / "velodyne" / f"{frame}.bin"
+    bad.write_bytes(bad.read_bytes()[:100])  # 100 bytes: 6.25 points
+    command = [str(PYTHON), "-m", "pcdet.datasets.kitti.kitti_dataset", "create_kitti_infos",
+               "tools/cfgs/dataset_configs/synthetic_kitti_dataset.yaml", "--data_path", str(tmp_path),
+               "--workers", workers]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    message = f"error: corrupt LiDAR file {bad}: 100 bytes is not a multiple of 16 (4 float32 per point)"
+    assert _error_lines(proc.stderr) == [message]
+    assert proc.stderr.rstrip().splitlines()[-1] == message  # after the progress bar, on a line of its own
+    assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr
+    assert not (tmp_path / "kitti_infos_train.pkl").exists()
+
+    debug = subprocess.run([*command, "--debug"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.rstrip().endswith(message.removeprefix("error: "))
 
 
 class _BadFrames(torch.utils.data.Dataset):

@@ -17,13 +17,14 @@ from pathlib import Path
 import _init_path  # noqa: F401  (repo root on sys.path)
 import numpy as np
 import torch
-from train_utils.experiment import load_experiment_config, run_tool
+from train_utils.experiment import load_experiment_config
 from visual_utils.bev_plot import render_bev, save_bev
 
 from pcdet.config import cfg
 from pcdet.datasets import DatasetTemplate
 from pcdet.models import build_network, default_device, load_data_to_gpu
 from pcdet.utils import box_utils, calibration_kitti, common_utils, object3d_kitti
+from pcdet.utils.cli import run_tool
 from pcdet.utils.point_cloud_io import PointCloudError, load_points_bin
 
 

@@ -25,13 +25,13 @@ from train_utils.experiment import (
     experiment_output_dir,
     load_experiment_config,
     log_run_header,
-    run_tool,
 )
 
 from pcdet.config import cfg
 from pcdet.datasets import build_dataloader
 from pcdet.models import build_network, default_device
 from pcdet.utils import common_utils
+from pcdet.utils.cli import run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,6 @@ from train_utils.experiment import (
     experiment_output_dir,
     load_experiment_config,
     log_run_header,
-    run_tool,
 )
 from train_utils.optimization import build_optimizer, build_scheduler
 from train_utils.train_utils import (
@@ -42,6 +41,7 @@ from pcdet.config import cfg
 from pcdet.datasets import build_dataloader
 from pcdet.models import build_network, default_device, model_fn_decorator
 from pcdet.utils import common_utils
+from pcdet.utils.cli import run_tool
 
 SEED = 666
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import InputError
+
 # Key spellings accepted for each matrix: the calib file's names, and the short names of OpenPCDet's calib dicts.
 _KEY_ALIASES = {
     "P2": ("P2",),
@@ -22,7 +24,7 @@ _KEY_ALIASES = {
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError, ValueError):
     """A calibration file or dict that lacks a required matrix, holds one of the wrong size, a non-finite number, or
     a projection that cannot be inverted; or a file that is not text."""
 

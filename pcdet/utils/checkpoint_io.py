@@ -22,8 +22,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from .cli import InputError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint that cannot be loaded safely: corrupt, truncated, or carrying code."""
 
 

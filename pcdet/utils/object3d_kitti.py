@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .box_utils import boxes3d_to_corners3d_kitti_camera
+from .cli import InputError
 
 KITTI_CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc", "DontCare")
 # OpenPCDet's numeric ids (unlisted classes are -1).
@@ -24,7 +25,7 @@ LEVEL_NAMES = {0: "Easy", 1: "Moderate", 2: "Hard", -1: "UnKnown"}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class LabelError(ValueError):
+class LabelError(InputError, ValueError):
     """A label line that cannot be a KITTI object: unknown class, wrong number of columns, a non-finite number, or a
     file that is not text."""
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import InputError
 
-class PointCloudError(ValueError):
+
+class PointCloudError(InputError, ValueError):
     """A point-cloud file whose size cannot hold whole points (truncated or not a point cloud at all)."""
 
 

@@ -1,92 +1,26 @@
-"""What train.py, test.py and demo.py share: loading the experiment config, laying out its output directory and
-turning the project's own errors into one ``error: ...`` line."""
+"""What train.py, test.py and demo.py share: loading the experiment config and laying out its output directory.
+Their input errors become one ``error: ...`` line through :func:`pcdet.utils.cli.run_tool`."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-import traceback
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from easydict import EasyDict
 
-from pcdet.config import ConfigError, cfg_from_list, cfg_from_yaml_file, log_config_to_file
-from pcdet.models.detectors.detector3d_template import StateDictMismatchError
-from pcdet.models.kd.errors import KDConfigError
-from pcdet.utils.calibration_kitti import CalibrationError
-from pcdet.utils.checkpoint_io import CheckpointError
-from pcdet.utils.object3d_kitti import LabelError
-from pcdet.utils.point_cloud_io import PointCloudError
+from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config_to_file
+from pcdet.utils.cli import InputError
 
 
-class ToolError(RuntimeError):
+class ToolError(InputError, RuntimeError):
     """A run that cannot do what it was asked (nothing to evaluate, flags that do not fit together)."""
-
-
-# Errors whose message already names the culprit (a key, a file, a flag): the user needs that line, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    KDConfigError,
-    CheckpointError,
-    StateDictMismatchError,
-    PointCloudError,
-    CalibrationError,
-    LabelError,
-    FileNotFoundError,
-    ToolError,
-)
-EXIT_USER_ERROR = 2  # argparse's code for a usage error: the input, not the program, is wrong
-_QUALIFIED_LINE = re.compile(r"^[\w.]+: (.+)$")
 
 
 def default_workers() -> int:
     """``--workers`` default: OpenPCDet's 4, but never more processes than the machine has cores."""
     return min(4, os.cpu_count() or 1)
-
-
-def one_line_message(exc: BaseException) -> str:
-    """The error's message on one line. An error re-raised from a DataLoader worker carries the worker's whole
-    traceback in its message; its last line is the original error."""
-    text = str(exc).strip() or type(exc).__name__
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        match = _QUALIFIED_LINE.match(last)
-        text = match.group(1) if match else last
-    return " ".join(text.split())
-
-
-def _debug_requested(argv: Sequence[str]) -> bool:
-    # Everything after --set is KEY VALUE pairs (argparse.REMAINDER), never a flag of the tool.
-    own = argv[: list(argv).index("--set")] if "--set" in argv else argv
-    return "--debug" in own
-
-
-def _log_traceback_to_files(exc: BaseException) -> None:
-    """Write the traceback to the run's log file(s) only: the console gets the one-line message."""
-    logger = logging.getLogger("pcdet")
-    text = "".join(traceback.format_exception(exc))
-    for handler in logger.handlers:
-        if isinstance(handler, logging.FileHandler):
-            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, text.rstrip(), None, None)
-            handler.handle(record)
-
-
-def run_tool(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a tool's ``main``; a :data:`USER_ERRORS` error becomes ``error: <message>`` on stderr and exit code 2
-    (the traceback goes to the log file, and to the console as well with ``--debug``)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        main(argv)
-    except USER_ERRORS as exc:
-        if _debug_requested(argv):
-            raise
-        _log_traceback_to_files(exc)
-        print(f"error: {one_line_message(exc)}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
 
 
 def exp_group_path(cfg_file: str | os.PathLike) -> str:

@@ -12,6 +12,7 @@ import copy
 import multiprocessing
 import os
 import sys
+import warnings
 from concurrent import futures
 from pathlib import Path
 
@@ -28,6 +29,12 @@ from ..dataset import DatasetTemplate, _to_numpy
 from ..shared_memory import SharedPointClouds
 
 _ITEMS = ("points", "images", "gt_boxes2d")
+
+# OpenPCDet's command ``python -m pcdet.datasets.kitti.kitti_dataset`` finds this module already imported (by
+# pcdet.datasets), and runpy warns that two copies may misbehave; the __main__ block below runs the imported copy.
+warnings.filterwarnings(
+    "ignore", message=r"'pcdet\.datasets\.kitti\.kitti_dataset' found in sys\.modules", category=RuntimeWarning
+)
 
 
 class KittiDataset(DatasetTemplate):
@@ -226,8 +233,10 @@ class KittiDataset(DatasetTemplate):
         """One info dict per frame of ``sample_id_list`` (default: the current split), in that order."""
         ids = list(sample_id_list if sample_id_list is not None else self._require_ids())
         desc = f"KITTI infos ({self.split})"
+        # Each bar is closed however its loop ends, so that an error message starts on its own line.
         if num_workers <= 1 or len(ids) <= 1:
-            return [self.process_single_scene(i, has_label, count_inside_pts) for i in tqdm(ids, desc=desc)]
+            with tqdm(ids, desc=desc) as bar:
+                return [self.process_single_scene(i, has_label, count_inside_pts) for i in bar]
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with futures.ProcessPoolExecutor(
             max_workers=num_workers,
@@ -236,7 +245,8 @@ class KittiDataset(DatasetTemplate):
             initargs=(self,),
         ) as pool:
             jobs = pool.map(_info_worker, ids, [has_label] * len(ids), [count_inside_pts] * len(ids), chunksize=8)
-            return list(tqdm(jobs, total=len(ids), desc=desc))
+            with tqdm(jobs, total=len(ids), desc=desc) as bar:
+                return list(bar)
 
     def _require_ids(self) -> list[str]:
         if self.sample_id_list is None:
@@ -446,6 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_path", default=None, help="KITTI root (default: the config's DATA_PATH)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--class_names", nargs="+", default=["Car", "Pedestrian", "Cyclist"])
+    parser.add_argument("--debug", action="store_true", help="full tracebacks on the console for input errors")
     args = parser.parse_args(argv)
 
     from easydict import EasyDict
@@ -463,4 +474,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # ``python -m`` runs this file as __main__ after the package import already loaded it as
+    # pcdet.datasets.kitti.kitti_dataset; run that copy, so that the info workers and every class are defined once.
+    from pcdet.datasets.kitti import kitti_dataset as _module
+    from pcdet.utils.cli import run_tool
+
+    run_tool(_module.main, sys.argv[1:])

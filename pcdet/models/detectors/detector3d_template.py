@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ...ops.iou3d_nms import iou3d_nms_utils
 from ...utils.checkpoint_io import safe_load
+from ...utils.cli import InputError
 from ...utils.spconv_utils import spconv_pytorch as spconv
 from .. import backbones_2d, backbones_3d, dense_heads
 from ..backbones_2d import map_to_bev
@@ -19,7 +20,7 @@ from ..model_utils import model_nms_utils
 _LOG = logging.getLogger("pcdet")
 
 
-class StateDictMismatchError(RuntimeError):
+class StateDictMismatchError(InputError, RuntimeError):
     """A checkpoint whose keys or shapes do not match the model it is loaded into."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ...utils.cli import InputError
 
-class KDConfigError(ValueError):
+
+class KDConfigError(InputError, ValueError):
     """A KD config, teacher checkpoint or feature key that does not fit the models; the message names the culprit."""
