@@ -39,3 +39,26 @@ __all__ = ["spconv_pytorch", "SPCONV_VERSION", "replace_feature"]
 def replace_feature(sparse_tensor: spconv_pytorch.SparseConvTensor, new_features: torch.Tensor):
     """Return the sparse tensor carrying ``new_features`` (spconv 2.x API)."""
     return sparse_tensor.replace_feature(new_features)
+
+
+class SubMConv3dBias(spconv_pytorch.SubMConv3d):
+    """SubMConv3d whose bias also works on CPU in eval mode: spconv's CPU kernels cannot fuse a bias into
+    inference (an assertion), so on CPU the convolution runs without it and the bias is added to the output
+    features, as spconv itself does in training. Same parameters and state-dict keys as SubMConv3d."""
+
+    def forward(self, input: spconv_pytorch.SparseConvTensor, add_input=None) -> spconv_pytorch.SparseConvTensor:
+        if self.bias is None or input.features.is_cuda:
+            return super().forward(input, add_input)
+        out = self._conv_forward(
+            self.training,
+            input,
+            self.weight,
+            None,
+            add_input,
+            name=self.name,
+            sparse_unique_name=self._sparse_unique_name,
+            act_type=self.act_type,
+            act_alpha=self.act_alpha,
+            act_beta=self.act_beta,
+        )
+        return replace_feature(out, out.features + self.bias)

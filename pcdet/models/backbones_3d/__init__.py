@@ -1,7 +1,8 @@
 """3D backbones, by the NAME used in ``MODEL.BACKBONE_3D``."""
 
-from .spconv_backbone import VoxelBackBone8x
+from .spconv_backbone import VoxelBackBone8x, VoxelResBackBone8x
 
 __all__ = {
     "VoxelBackBone8x": VoxelBackBone8x,
+    "VoxelResBackBone8x": VoxelResBackBone8x,
 }

@@ -6,6 +6,7 @@ from functools import partial
 
 import torch.nn as nn
 
+from ...utils.spconv_utils import SubMConv3dBias, replace_feature
 from ...utils.spconv_utils import spconv_pytorch as spconv
 
 # conv_type -> sparse convolution class.
@@ -40,6 +41,26 @@ def post_act_block(
 DEFAULT_NUM_FILTERS = (16, 32, 64, 64, 128)
 
 
+class SparseBasicBlock(spconv.SparseModule):
+    """Residual block of two submanifold 3×3×3 convs: conv → norm → ReLU → conv → norm, + input, ReLU.
+    Same width in and out (no downsampling branch: the backbones below stride with separate convs)."""
+
+    def __init__(self, channels: int, norm_fn, indice_key: str | None = None, bias: bool | None = None):
+        super().__init__()
+        bias = True if bias is None else bool(bias)  # OpenPCDet's default (USE_BIAS unset): convs with bias
+        self.conv1 = SubMConv3dBias(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
+        self.bn1 = norm_fn(channels)
+        self.relu = nn.ReLU()
+        self.conv2 = SubMConv3dBias(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
+        self.bn2 = norm_fn(channels)
+
+    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+        out = self.conv1(x)
+        out = replace_feature(out, self.relu(self.bn1(out.features)))
+        out = self.conv2(out)
+        return replace_feature(out, self.relu(self.bn2(out.features) + x.features))
+
+
 class VoxelBackBone8x(nn.Module):
     """Four stages of submanifold/strided sparse convs (strides 1, 2, 4, 8) and a final z-downsampling conv.
     Writes ``encoded_spconv_tensor`` (stride 8), ``multi_scale_3d_features`` and ``multi_scale_3d_strides``.
@@ -48,14 +69,16 @@ class VoxelBackBone8x(nn.Module):
     conv2, conv3, conv4 and conv_out. The default, ``DEFAULT_NUM_FILTERS``, is OpenPCDet's network.
     """
 
+    DEFAULT_NUM_FILTERS = DEFAULT_NUM_FILTERS
+
     def __init__(self, model_cfg, input_channels: int, grid_size, **kwargs):
         super().__init__()
         self.model_cfg = model_cfg
-        widths = [int(c) for c in model_cfg.get("NUM_FILTERS", DEFAULT_NUM_FILTERS)]
+        name = type(self).__name__
+        widths = [int(c) for c in model_cfg.get("NUM_FILTERS", self.DEFAULT_NUM_FILTERS)]
         if len(widths) != 5 or min(widths) < 1:
             raise ValueError(
-                f"VoxelBackBone8x: NUM_FILTERS needs 5 positive widths (conv1, conv2, conv3, conv4, conv_out), "
-                f"got {widths}"
+                f"{name}: NUM_FILTERS needs 5 positive widths (conv1, conv2, conv3, conv4, conv_out), got {widths}"
             )
         c1, c2, c3, c4, c_out = widths
         norm_fn = partial(nn.BatchNorm1d, eps=1e-3, momentum=0.01)
@@ -68,22 +91,13 @@ class VoxelBackBone8x(nn.Module):
             nn.ReLU(),
         )
         block = partial(post_act_block, norm_fn=norm_fn)
-        self.conv1 = spconv.SparseSequential(block(c1, c1, 3, padding=1, indice_key="subm1"))
-        self.conv2 = spconv.SparseSequential(
-            block(c1, c2, 3, stride=2, padding=1, indice_key="spconv2", conv_type="spconv"),
-            block(c2, c2, 3, padding=1, indice_key="subm2"),
-            block(c2, c2, 3, padding=1, indice_key="subm2"),
-        )
-        self.conv3 = spconv.SparseSequential(
-            block(c2, c3, 3, stride=2, padding=1, indice_key="spconv3", conv_type="spconv"),
-            block(c3, c3, 3, padding=1, indice_key="subm3"),
-            block(c3, c3, 3, padding=1, indice_key="subm3"),
-        )
-        self.conv4 = spconv.SparseSequential(
-            block(c3, c4, 3, stride=2, padding=(0, 1, 1), indice_key="spconv4", conv_type="spconv"),
-            block(c4, c4, 3, padding=1, indice_key="subm4"),
-            block(c4, c4, 3, padding=1, indice_key="subm4"),
-        )
+        self.conv1 = self._stage(None, c1, 1, norm_fn)
+        down2 = block(c1, c2, 3, stride=2, padding=1, indice_key="spconv2", conv_type="spconv")
+        self.conv2 = self._stage(down2, c2, 2, norm_fn)
+        down3 = block(c2, c3, 3, stride=2, padding=1, indice_key="spconv3", conv_type="spconv")
+        self.conv3 = self._stage(down3, c3, 3, norm_fn)
+        down4 = block(c3, c4, 3, stride=2, padding=(0, 1, 1), indice_key="spconv4", conv_type="spconv")
+        self.conv4 = self._stage(down4, c4, 4, norm_fn)
         last_pad = model_cfg.get("last_pad", 0)
         self.conv_out = spconv.SparseSequential(
             spconv.SparseConv3d(
@@ -94,6 +108,14 @@ class VoxelBackBone8x(nn.Module):
         )
         self.num_point_features = c_out
         self.backbone_channels = {"x_conv1": c1, "x_conv2": c2, "x_conv3": c3, "x_conv4": c4}
+
+    def _stage(self, down: spconv.SparseSequential | None, channels: int, level: int, norm_fn):
+        """A stage at one resolution: its downsampling block (none for the first), then the blocks at that width
+        (here two submanifold conv blocks; one in the first stage)."""
+        block = partial(post_act_block, norm_fn=norm_fn)
+        count = 1 if down is None else 2
+        same = [block(channels, channels, 3, padding=1, indice_key=f"subm{level}") for _ in range(count)]
+        return spconv.SparseSequential(*([] if down is None else [down]), *same)
 
     def forward(self, batch_dict: dict) -> dict:
         """``voxel_features (V, C)``, ``voxel_coords (V, [b, z, y, x])`` → sparse multi-scale features."""
@@ -127,7 +149,7 @@ class VoxelBackBone8x(nn.Module):
         """What ``stage`` makes of a tensor without sites: no sites, its output width and spatial shape."""
         shape = list(x.spatial_shape)
         channels = x.features.shape[1]
-        for module in stage.modules():  # the two conv kinds this backbone uses
+        for module in stage.modules():  # the two conv kinds these backbones use
             if isinstance(module, (spconv.SubMConv3d, spconv.SparseConv3d)):
                 channels = module.out_channels
                 if isinstance(module, spconv.SparseConv3d):  # submanifold convs keep the shape
@@ -143,3 +165,17 @@ class VoxelBackBone8x(nn.Module):
             spatial_shape=shape,
             batch_size=x.batch_size,
         )
+
+
+class VoxelResBackBone8x(VoxelBackBone8x):
+    """VoxelBackBone8x with residual stages (CenterPoint's nuScenes encoder): each stage is its downsampling
+    block then two :class:`SparseBasicBlock`. ``USE_BIAS`` (OpenPCDet's key) sets the residual convs' bias
+    (default: with bias). Widths default to OpenPCDet's (16, 32, 64, 128, 128); ``NUM_FILTERS`` as in the parent.
+    """
+
+    DEFAULT_NUM_FILTERS = (16, 32, 64, 128, 128)
+
+    def _stage(self, down: spconv.SparseSequential | None, channels: int, level: int, norm_fn):
+        bias = self.model_cfg.get("USE_BIAS", None)
+        blocks = [SparseBasicBlock(channels, norm_fn, indice_key=f"res{level}", bias=bias) for _ in range(2)]
+        return spconv.SparseSequential(*([] if down is None else [down]), *blocks)

@@ -1,5 +1,6 @@
 """Detectors, by the NAME used in ``MODEL.NAME``."""
 
+from .centerpoint import CenterPoint
 from .detector3d_template import Detector3DTemplate
 from .detector3d_template import StateDictMismatchError as StateDictMismatchError
 from .detector3d_template import describe_state_dict_mismatch as describe_state_dict_mismatch
@@ -11,6 +12,7 @@ __all__ = {
     "Detector3DTemplate": Detector3DTemplate,
     "PointPillar": PointPillar,
     "SECONDNet": SECONDNet,
+    "CenterPoint": CenterPoint,
 }
 
 

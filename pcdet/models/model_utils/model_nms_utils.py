@@ -56,3 +56,33 @@ def multi_classes_nms(
         labels.append(torch.full_like(selected, k))
         boxes.append(box_preds[selected])
     return torch.cat(scores, dim=0), torch.cat(labels, dim=0), torch.cat(boxes, dim=0)
+
+
+def _per_class(value, k: int):
+    """A config value given once for all classes, or as a list indexed by class."""
+    return value[k] if isinstance(value, (list, tuple)) else value
+
+
+def class_specific_nms(
+    box_scores: torch.Tensor, box_preds: torch.Tensor, box_labels: torch.Tensor, nms_config, score_thresh=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A separate NMS per label value of ``box_labels (N)`` (0-based); ``NMS_THRESH``, ``NMS_PRE_MAXSIZE``,
+    ``NMS_POST_MAXSIZE`` and ``score_thresh`` may each be one value or a list indexed by label. Returns
+    ``(selected indices, their scores)``, label by label; the NMS is the rotated BEV one (``nms_gpu``)."""
+    selected = []
+    for k in torch.unique(box_labels).tolist():
+        candidates = torch.nonzero(box_labels == k)[:, 0]
+        thresh = _per_class(score_thresh, k)
+        if thresh is not None:
+            candidates = candidates[box_scores[candidates] > thresh]
+        if candidates.numel() == 0:
+            continue
+        keep, _ = iou3d_nms_utils.nms_gpu(
+            box_preds[candidates][:, 0:7],
+            box_scores[candidates],
+            _per_class(nms_config.NMS_THRESH, k),
+            pre_maxsize=_per_class(nms_config.NMS_PRE_MAXSIZE, k),
+        )
+        selected.append(candidates[keep[: _per_class(nms_config.NMS_POST_MAXSIZE, k)]])
+    selected = torch.cat(selected) if selected else box_labels.new_zeros((0,), dtype=torch.long)
+    return selected, box_scores[selected]
