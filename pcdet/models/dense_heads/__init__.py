@@ -3,9 +3,11 @@
 from .anchor_head_single import AnchorHeadSingle
 from .anchor_head_template import AnchorHeadTemplate
 from .center_head import CenterHead
+from .point_head_box import PointHeadBox
 
 __all__ = {
     "AnchorHeadTemplate": AnchorHeadTemplate,
     "AnchorHeadSingle": AnchorHeadSingle,
     "CenterHead": CenterHead,
+    "PointHeadBox": PointHeadBox,
 }

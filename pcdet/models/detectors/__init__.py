@@ -5,6 +5,7 @@ from .detector3d_template import Detector3DTemplate
 from .detector3d_template import StateDictMismatchError as StateDictMismatchError
 from .detector3d_template import describe_state_dict_mismatch as describe_state_dict_mismatch
 from .detector3d_template import load_state_dict_strict as load_state_dict_strict
+from .point_rcnn import PointRCNN
 from .pointpillar import PointPillar
 from .second_net import SECONDNet
 
@@ -13,6 +14,7 @@ __all__ = {
     "PointPillar": PointPillar,
     "SECONDNet": SECONDNet,
     "CenterPoint": CenterPoint,
+    "PointRCNN": PointRCNN,
 }
 
 

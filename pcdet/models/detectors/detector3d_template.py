@@ -12,7 +12,7 @@ from ...ops.iou3d_nms import iou3d_nms_utils
 from ...utils.checkpoint_io import safe_load
 from ...utils.cli import InputError
 from ...utils.spconv_utils import spconv_pytorch as spconv
-from .. import backbones_2d, backbones_3d, dense_heads
+from .. import backbones_2d, backbones_3d, dense_heads, roi_heads
 from ..backbones_2d import map_to_bev
 from ..backbones_3d import vfe
 from ..model_utils import model_nms_utils
@@ -253,10 +253,32 @@ class Detector3DTemplate(nn.Module):
         return self._not_available("PFE")
 
     def build_point_head(self, model_info_dict: dict):
-        return self._not_available("POINT_HEAD")
+        cfg = self.model_cfg.get("POINT_HEAD")
+        if cfg is None:
+            return None
+        if cfg.get("USE_POINT_FEATURES_BEFORE_FUSION", False):
+            num_point_features = model_info_dict["num_point_features_before_fusion"]
+        else:
+            num_point_features = model_info_dict["num_point_features"]
+        return self._lookup(dense_heads.__all__, cfg, "POINT_HEAD")(
+            model_cfg=cfg,
+            input_channels=num_point_features,
+            num_class=self.num_class if not cfg.get("CLASS_AGNOSTIC", False) else 1,
+            predict_boxes_when_training=self.model_cfg.get("ROI_HEAD") is not None,
+        )
 
     def build_roi_head(self, model_info_dict: dict):
-        return self._not_available("ROI_HEAD")
+        cfg = self.model_cfg.get("ROI_HEAD")
+        if cfg is None:
+            return None
+        return self._lookup(roi_heads.__all__, cfg, "ROI_HEAD")(
+            model_cfg=cfg,
+            input_channels=model_info_dict["num_point_features"],
+            backbone_channels=model_info_dict.get("backbone_channels"),
+            point_cloud_range=model_info_dict["point_cloud_range"],
+            voxel_size=model_info_dict["voxel_size"],
+            num_class=self.num_class if not cfg.get("CLASS_AGNOSTIC", False) else 1,
+        )
 
     def build_dense_head(self, model_info_dict: dict):
         cfg = self.model_cfg.get("DENSE_HEAD")

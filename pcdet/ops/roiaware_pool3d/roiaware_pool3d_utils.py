@@ -8,7 +8,7 @@ import torch
 from ...utils import common_utils
 
 
-def _points_in_boxes_mask(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def points_in_boxes_mask(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """``points (..., N, 3)``, ``boxes (..., M, 7)`` → bool ``(..., M, N)``; a point on the surface counts as inside."""
     local = points[..., None, :, 0:3] - boxes[..., :, None, 0:3]
     cos_h = torch.cos(boxes[..., :, None, 6])
@@ -78,7 +78,7 @@ def points_in_boxes_gpu(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tens
         return out.int()
     chunk = max(1, 4_000_000 // max(boxes.shape[1], 1))
     for start in range(0, num_points, chunk):
-        mask = _points_in_boxes_mask(points[:, start : start + chunk, 0:3], boxes[..., 0:7])  # (B, M, n)
+        mask = points_in_boxes_mask(points[:, start : start + chunk, 0:3], boxes[..., 0:7])  # (B, M, n)
         any_box = mask.any(dim=1)
         first = mask.int().argmax(dim=1)
         out[:, start : start + chunk] = torch.where(any_box, first, torch.full_like(first, -1))

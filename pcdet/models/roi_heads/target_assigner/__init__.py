@@ -1,0 +1,1 @@
+"""Training targets of RoI heads (``ProposalTargetLayer``)."""
