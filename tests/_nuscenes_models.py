@@ -24,13 +24,26 @@ NUSCENES_CLASSES = [
 ]  # fmt: skip
 
 
+def _merged(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, val in child.items():
+        out[key] = _merged(out[key], val) if isinstance(val, dict) and isinstance(out.get(key), dict) else val
+    return out
+
+
+def _raw_with_top_bases(path: Path) -> dict:
+    own = yaml.safe_load(path.read_text())
+    base = own.pop("_BASE_CONFIG_", None)
+    return _merged(_raw_with_top_bases(REPO / "tools" / base), own) if base else own
+
+
 def load_cfg(name: str) -> EasyDict:
-    """The config through pcdet.config once the nuScenes dataset config exists; before that its own YAML (the
-    model section does not depend on the base)."""
+    """The config through pcdet.config once the nuScenes dataset config exists; before that its YAML with only the
+    top-level bases (student → teacher) merged in, DATA_CONFIG's base left out: the models do not depend on it."""
     path = CFG_DIR / name
     if DATASET_CFG.is_file():
         return cfg_from_yaml_file(path, EasyDict())
-    return EasyDict(yaml.safe_load(path.read_text()))
+    return EasyDict(_raw_with_top_bases(path))
 
 
 def voxel_size_of(cfg: EasyDict) -> list[float]:

@@ -36,9 +36,8 @@ class AnchorHeadTemplate(nn.Module):
         self.num_class = num_class
         self.class_names = class_names
         self.predict_boxes_when_training = predict_boxes_when_training
+        # Multi-head anchor layout: class after class, each (size, rotation, z, y, x) — see flat_anchors.
         self.use_multihead = model_cfg.get("USE_MULTIHEAD", False)
-        if self.use_multihead:
-            raise NotImplementedError("USE_MULTIHEAD (AnchorHeadMulti) is not supported")
 
         anchor_target_cfg = model_cfg.TARGET_ASSIGNER_CONFIG
         self.box_coder = getattr(box_coder_utils, anchor_target_cfg.BOX_CODER)(
@@ -78,7 +77,8 @@ class AnchorHeadTemplate(nn.Module):
         return self.anchors
 
     def flat_anchors(self, device: torch.device) -> torch.Tensor:
-        """All anchors ``(A_total, code)`` in prediction order (z, y, x, class, size, rotation).
+        """All anchors ``(A_total, code)`` in prediction order: (z, y, x, class, size, rotation), or with
+        ``USE_MULTIHEAD`` class after class, each (size, rotation, z, y, x) (OpenPCDet's multi-head layout).
 
         Built once and reused while ``self.anchors`` holds the same, unmodified tensors (identity and in-place
         version are checked): concatenating them anew cost ~1 ms per frame on the KITTI grid (321k anchors).
@@ -92,8 +92,11 @@ class AnchorHeadTemplate(nn.Module):
             or any(a is not b for a, b in zip(cached[0], anchors))
             or cached[1] != versions
         ):
-            flat = torch.cat(anchors, dim=-3)
-            cached = self._flat_anchors_cache = (list(anchors), versions, flat.view(-1, flat.shape[-1]))
+            if self.use_multihead:
+                flat = torch.cat([a.permute(3, 4, 0, 1, 2, 5).reshape(-1, a.shape[-1]) for a in anchors])
+            else:
+                flat = torch.cat(anchors, dim=-3).view(-1, anchors[0].shape[-1])
+            cached = self._flat_anchors_cache = (list(anchors), versions, flat)
         return cached[2]
 
     def assign_targets(self, gt_boxes: torch.Tensor) -> dict:
@@ -162,7 +165,10 @@ class AnchorHeadTemplate(nn.Module):
         anchors = self.flat_anchors(box_preds.device)
         anchors = anchors.view(1, -1, anchors.shape[-1]).repeat(batch_size, 1, 1)
         box_preds = box_preds.view(batch_size, -1, self.box_coder.code_size)
-        box_preds_sin, reg_targets_sin = self.add_sin_difference(box_preds, box_reg_targets)
+        box_preds_sin, reg_targets_sin = box_preds, box_reg_targets
+        if not getattr(self.box_coder, "encode_angle_by_sincos", False):
+            # (A sin/cos-encoded heading is already periodic: no sin of a difference there.)
+            box_preds_sin, reg_targets_sin = self.add_sin_difference(box_preds, box_reg_targets)
         loc_loss = self.reg_loss_func(box_preds_sin, reg_targets_sin, weights=reg_weights).sum() / batch_size
         loc_loss = loc_loss * loss_weights["loc_weight"]
         box_loss = loc_loss
@@ -193,16 +199,20 @@ class AnchorHeadTemplate(nn.Module):
     def generate_predicted_boxes(
         self,
         batch_size: int,
-        cls_preds: torch.Tensor,
+        cls_preds: torch.Tensor | list[torch.Tensor],
         box_preds: torch.Tensor,
         dir_cls_preds: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         """Head outputs ``(B, H, W, A·C)`` → ``batch_cls_preds (B, N, num_class)`` logits and decoded
-        ``batch_box_preds (B, N, 7)``, N = H·W·A in anchor order."""
+        ``batch_box_preds (B, N, 7)``, N = H·W·A in anchor order. A list of class outputs (one per head of a
+        multi-head, ``(B, N_k, C_k)``) stays a list, as OpenPCDet's."""
         anchors = self.flat_anchors(box_preds.device)
         num_anchors = anchors.shape[0]
         batch_anchors = anchors.view(1, num_anchors, -1).expand(batch_size, -1, -1)  # decoding only reads them
-        batch_cls_preds = cls_preds.view(batch_size, num_anchors, -1).float()
+        if isinstance(cls_preds, list):
+            batch_cls_preds = [c.float() for c in cls_preds]
+        else:
+            batch_cls_preds = cls_preds.view(batch_size, num_anchors, -1).float()
         batch_box_preds = self.box_coder.decode_torch(box_preds.view(batch_size, num_anchors, -1), batch_anchors)
 
         if dir_cls_preds is not None:

@@ -79,8 +79,8 @@ class AxisAlignedTargetAssigner:
     def __init__(self, model_cfg, class_names, box_coder, match_height: bool = False):
         anchor_generator_cfg = model_cfg.ANCHOR_GENERATOR_CONFIG
         anchor_target_cfg = model_cfg.TARGET_ASSIGNER_CONFIG
-        if model_cfg.get("USE_MULTIHEAD", False):
-            raise NotImplementedError("AxisAlignedTargetAssigner: USE_MULTIHEAD (AnchorHeadMulti) is not supported")
+        # Multi-head layout (AnchorHeadMulti): class after class, each in (size, rotation, z, y, x) order.
+        self.use_multihead = model_cfg.get("USE_MULTIHEAD", False)
         self.box_coder = box_coder
         self.match_height = match_height
         self.class_names = list(class_names)
@@ -97,10 +97,16 @@ class AxisAlignedTargetAssigner:
         # tensor (e.g. the anchors moved to another device).
         self._anchor_indices: dict[int, tuple[torch.Tensor, AlignedAnchorIndex]] = {}
 
+    def _flatten(self, anchors: torch.Tensor) -> torch.Tensor:
+        """One set's ``(nz, ny, nx, num_size, num_rot, code)`` anchors as rows in the head's order."""
+        if self.use_multihead:
+            anchors = anchors.permute(3, 4, 0, 1, 2, 5)
+        return anchors.reshape(-1, anchors.shape[-1])
+
     def _anchor_index(self, set_id: int, anchors: torch.Tensor) -> AlignedAnchorIndex:
         cached = self._anchor_indices.get(set_id)
         if cached is None or cached[0] is not anchors:
-            cached = (anchors, AlignedAnchorIndex.build(anchors.reshape(-1, anchors.shape[-1])))
+            cached = (anchors, AlignedAnchorIndex.build(self._flatten(anchors)))
             self._anchor_indices[set_id] = cached
         return cached[1]
 
@@ -109,7 +115,8 @@ class AxisAlignedTargetAssigner:
         zero-padded, label 1-based in the last column.
 
         Returns ``box_cls_labels (B, A)`` int32 (class, 0 background, -1 ignored), ``box_reg_targets (B, A, code)``,
-        ``reg_weights (B, A)``, with anchors in the head's order (z, y, x, class, size, rotation).
+        ``reg_weights (B, A)``, with anchors in the head's order (z, y, x, class, size, rotation; multi-head:
+        class after class, each size, rotation, z, y, x).
         """
         indices = [None if self.match_height else self._anchor_index(k, a) for k, a in enumerate(all_anchors)]
         cls_labels, bbox_targets, reg_weights = [], [], []
@@ -125,7 +132,7 @@ class AxisAlignedTargetAssigner:
                 mask = cur_classes == self.class_names.index(class_name) + 1
                 feature_map_size = anchors.shape[:3]
                 target = self.assign_targets_single(
-                    anchors.reshape(-1, anchors.shape[-1]),
+                    self._flatten(anchors),
                     cur_gt[mask],
                     gt_classes=cur_classes[mask],
                     matched_threshold=self.matched_thresholds[class_name],
@@ -134,8 +141,13 @@ class AxisAlignedTargetAssigner:
                 )
                 per_class.append((feature_map_size, target))
 
-            # Interleave the classes per location, as the anchors are laid out (z, y, x, class, ...).
             code_size = self.box_coder.code_size
+            if self.use_multihead:
+                cls_labels.append(torch.cat([t["box_cls_labels"] for _, t in per_class]))
+                bbox_targets.append(torch.cat([t["box_reg_targets"] for _, t in per_class]))
+                reg_weights.append(torch.cat([t["reg_weights"] for _, t in per_class]))
+                continue
+            # Interleave the classes per location, as the anchors are laid out (z, y, x, class, ...).
             cls_labels.append(torch.cat([t["box_cls_labels"].view(*f, -1) for f, t in per_class], dim=-1).view(-1))
             bbox_targets.append(
                 torch.cat([t["box_reg_targets"].view(*f, -1, code_size) for f, t in per_class], dim=-2).view(
