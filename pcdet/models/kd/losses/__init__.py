@@ -8,7 +8,7 @@ from ..errors import KDConfigError
 from .base import KDBatch, KDLoss, get_feature
 from .feature_losses import AttentionGuidedKD, AttentionTransfer, FitNet, SimilarityPreserving
 from .point_distiller import PointDistiller
-from .response import ResponseKD
+from .response import CenterHeatmapKD, ResponseKD
 
 LOSSES: dict[str, type[KDLoss]] = {
     "PointDistiller": PointDistiller,
@@ -16,6 +16,7 @@ LOSSES: dict[str, type[KDLoss]] = {
     "AttentionTransfer": AttentionTransfer,
     "SimilarityPreserving": SimilarityPreserving,
     "ResponseKD": ResponseKD,
+    "CenterHeatmapKD": CenterHeatmapKD,
     "AttentionGuidedKD": AttentionGuidedKD,
 }
 

@@ -1,4 +1,5 @@
-"""Response (logit) distillation on a dense anchor head: soft class targets + regression to the teacher's boxes."""
+"""Response (logit) distillation: on a dense anchor head (soft class targets + regression to the teacher's boxes)
+and on a CenterHead (soft heatmaps + regression maps where the teacher sees objects)."""
 
 from __future__ import annotations
 
@@ -111,3 +112,59 @@ class ResponseKD(KDLoss):
         box_loss = (per_anchor.sum(-1) * confidence).sum() / confidence.sum().clamp_min(1e-6)
         self.parts = {"cls": cls_loss.item(), "box": box_loss.item()}
         return float(self.opts["CLS_WEIGHT"]) * cls_loss + float(self.opts["BOX_WEIGHT"]) * box_loss
+
+
+def _center_head_outputs(batch_dict: dict, key: str, side: str) -> list[dict]:
+    outputs = get_feature(batch_dict, key, side)
+    if not isinstance(outputs, (list, tuple)) or not all(isinstance(o, dict) and "hm" in o for o in outputs):
+        raise KDConfigError(
+            f"CenterHeatmapKD: the {side}'s '{key}' is not a CenterHead output (per task a dict with 'hm')"
+        )
+    return list(outputs)
+
+
+class CenterHeatmapKD(KDLoss):
+    """Response KD on a CenterHead, from ``batch_dict[KEY]`` (per task a dict of raw ``(B, C, H, W)`` maps, the
+    heatmap as logits under ``hm``). Per task: heatmap term T² · mean over cells and classes of the soft BCE/KL at
+    temperature T; regression term: L1 between the student's and the teacher's ``REG_KEYS`` maps, each cell weighted
+    by the teacher's max heatmap probability, normalised by the weights' sum. Summed over tasks:
+    CLS_WEIGHT · heatmap + REG_WEIGHT · regression. Student and teacher need the same tasks and map size.
+    """
+
+    USES_FEATURE = False
+    OPTIONS = {
+        "KEY": "center_head_preds",
+        "TEMPERATURE": 1.0,
+        "CLS_LOSS": "bce",
+        "CLS_WEIGHT": 1.0,
+        "REG_WEIGHT": 1.0,
+        "REG_KEYS": ["center", "center_z", "dim", "rot", "vel"],
+    }
+    CHOICES = {"CLS_LOSS": tuple(CLASS_LOSSES)}
+
+    def teacher_keys(self) -> set[str]:
+        return {self.opts["KEY"]}
+
+    def forward(self, batch: KDBatch) -> torch.Tensor:
+        student = _center_head_outputs(batch.student, self.opts["KEY"], "student")
+        teacher = _center_head_outputs(batch.teacher, self.opts["KEY"], "teacher")
+        if len(student) != len(teacher):
+            raise KDConfigError(f"CenterHeatmapKD: the student has {len(student)} tasks, the teacher {len(teacher)}")
+        temperature = float(self.opts["TEMPERATURE"])
+        cls_loss = reg_loss = 0.0
+        for task, (s, t) in enumerate(zip(student, teacher)):
+            if s["hm"].shape != t["hm"].shape:
+                raise KDConfigError(
+                    f"CenterHeatmapKD: task {task} heatmaps differ, student {tuple(s['hm'].shape)} vs teacher "
+                    f"{tuple(t['hm'].shape)} (same classes per task and the same feature map size are needed)"
+                )
+            self.shapes[f"task{task}.hm"] = tuple(s["hm"].shape)
+            t_hm = t["hm"].detach()
+            cls_loss = cls_loss + CLASS_LOSSES[self.opts["CLS_LOSS"]](s["hm"], t_hm, temperature).mean()
+            if float(self.opts["REG_WEIGHT"]) != 0:
+                weight = torch.sigmoid(t_hm).max(dim=1, keepdim=True).values
+                diff = sum((s[k] - t[k].detach()).abs().sum(dim=1, keepdim=True) for k in self.opts["REG_KEYS"])
+                reg_loss = reg_loss + (diff * weight).sum() / weight.sum().clamp_min(1e-6)
+        cls_loss = cls_loss * temperature**2
+        self.parts = {"cls": float(cls_loss), "reg": float(reg_loss)}
+        return float(self.opts["CLS_WEIGHT"]) * cls_loss + float(self.opts["REG_WEIGHT"]) * reg_loss
