@@ -18,7 +18,7 @@ from easydict import EasyDict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tiny_experiment import PYTHON, REPO, TOOLS, write_tiny_config  # noqa: E402
+from _tiny_experiment import PYTHON, REPO, TOOLS, tiny_dataset, write_tiny_config  # noqa: E402
 from train_utils.experiment import ToolError  # noqa: E402
 
 from pcdet.config import ConfigError, cfg_from_yaml_file  # noqa: E402
@@ -216,6 +216,24 @@ def test_missing_teacher_names_each_tried_path_once(monkeypatch):
     with pytest.raises(KDConfigError) as info:
         find_file("no_such_teacher.pth", "teacher checkpoint")
     assert str(info.value) == f"teacher checkpoint not found: no_such_teacher.pth (tried {TOOLS}/no_such_teacher.pth)"
+
+
+def test_train_py_with_a_missing_or_mismatched_teacher_ends_in_one_error_line(tmp_path):
+    wrong = tmp_path / "student_4x_like.pth"
+    atomic_torch_save({"model_state": _pointpillar(32).state_dict()}, wrong)  # the teacher config is 64 wide
+    missing = tmp_path / "no_teacher.pth"
+    expected = {
+        missing: f"error: teacher checkpoint (--teacher_ckpt) not found: {missing} (tried {missing})",
+        wrong: "hint: VFE width 32 in the checkpoint vs 64 in the model: a checkpoint of a 4x smaller model",
+    }
+    for teacher, wanted in expected.items():
+        proc = _tool("train.py", "--cfg_file", "cfgs/kitti_models/pointpillar_kd_synthetic.yaml", "--workers", "0",
+                     "--output_root", str(tmp_path / "out"), "--teacher_ckpt", str(teacher),
+                     "--set", "DATA_CONFIG.DATA_PATH", str(tiny_dataset()))  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        (line,) = _error_lines(proc.stderr)
+        assert wanted in line and len(line) < 800 and "Traceback" not in proc.stderr, line
+        assert proc.stderr.rstrip().splitlines()[-1] == line
 
 
 def test_pretrained_model_over_ckpt_names_both_files_and_warns_when_most_weights_did_not_load(tmp_path, caplog):
