@@ -19,5 +19,10 @@ setup(
     # torch is deliberately not listed: an unpinned torch requirement pulls a multi-GB CUDA build.
     # requirements.txt pins the CPU wheel; docs/INSTALL.md explains the CUDA path.
     install_requires=["numpy", "numba", "easydict", "pyyaml", "tensorboardX", "tqdm", "pillow", "matplotlib", "scipy"],
-    extras_require={"shm": ["SharedArray"]},  # nuScenes support (and its devkit extra) does not exist yet
+    # nuscenes: the devkit's imports; nuscenes-devkit itself must be installed with --no-deps (it pins numpy<2):
+    # pip install -e .[nuscenes] && pip install --no-deps -r requirements-nuscenes-devkit.txt (docs/INSTALL.md)
+    extras_require={
+        "shm": ["SharedArray"],
+        "nuscenes": ["pyquaternion", "cachetools", "opencv-python-headless", "scikit-learn"],
+    },
 )

@@ -12,11 +12,13 @@ from torch.utils.data import DistributedSampler as _TorchDistributedSampler
 from ..utils import common_utils
 from .dataset import DatasetTemplate
 from .kitti.kitti_dataset import KittiDataset
+from .nuscenes.nuscenes_dataset import NuScenesDataset
 
 # Registry: DATASET name in the config → class. A dict, as in OpenPCDet (``from pcdet.datasets import *`` still works).
 __all__ = {
     "DatasetTemplate": DatasetTemplate,
     "KittiDataset": KittiDataset,
+    "NuScenesDataset": NuScenesDataset,
 }
 
 

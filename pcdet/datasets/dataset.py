@@ -102,7 +102,8 @@ class DatasetTemplate(torch_data.Dataset):
 
     @staticmethod
     def generate_prediction_dicts(batch_dict: dict, pred_dicts: list[dict], class_names: list[str], output_path=None):
-        """Model outputs → one annotation dict per frame: ``name, score, boxes_lidar, pred_labels, frame_id``."""
+        """Model outputs → one annotation dict per frame: ``name, score, boxes_lidar, pred_labels, frame_id`` (and the
+        sample's ``metadata`` where the dataset provides one, e.g. nuScenes' sample token)."""
         annos = []
         for index, box_dict in enumerate(pred_dicts):
             boxes = _to_numpy(box_dict["pred_boxes"])
@@ -114,6 +115,8 @@ class DatasetTemplate(torch_data.Dataset):
                 "pred_labels": labels,
                 "frame_id": batch_dict["frame_id"][index],
             }
+            if "metadata" in batch_dict:
+                anno["metadata"] = batch_dict["metadata"][index]
             annos.append(anno)
         return annos
 
@@ -196,7 +199,7 @@ class DatasetTemplate(torch_data.Dataset):
 
         ``voxels``/``voxel_num_points`` are concatenated; ``points``/``voxel_coords`` are concatenated with the
         sample index prepended as column 0; ``gt_boxes`` are zero-padded to the largest count (B, M_max, C);
-        ``calib`` and ``images`` stay lists; other arrays are stacked. Adds ``batch_size``.
+        ``calib``, ``images`` and ``metadata`` stay lists; other arrays are stacked. Adds ``batch_size``.
         """
         gathered = defaultdict(list)
         for sample in batch_list:
@@ -217,7 +220,7 @@ class DatasetTemplate(torch_data.Dataset):
                 for i, v in enumerate(vals):
                     padded[i, : len(v)] = v
                 batch[key] = padded
-            elif key in ("calib", "images"):
+            elif key in ("calib", "images", "metadata"):
                 batch[key] = vals
             else:
                 batch[key] = np.stack(vals, axis=0)

@@ -184,7 +184,17 @@ class DataBaseSampler(common_utils.LoggerPicklingMixin):
             sampled_infos.extend(candidates[i] for i in kept)
         if sampled_infos:
             boxes = np.concatenate(sampled_boxes, axis=0)
-            if gt_boxes.shape[1] > 7:  # extra box columns (e.g. velocity) are unknown for pasted objects
-                boxes = np.hstack([boxes, np.zeros((len(boxes), gt_boxes.shape[1] - 7), dtype=boxes.dtype)])
+            if gt_boxes.shape[1] > 7:
+                boxes = np.hstack([boxes, _extra_columns(sampled_infos, gt_boxes.shape[1] - 7)])
             data_dict = self.add_sampled_boxes_to_scene(data_dict, boxes.astype(gt_boxes.dtype), sampled_infos)
         return data_dict
+
+
+def _extra_columns(infos: list[dict], width: int) -> np.ndarray:
+    """The box columns after the 7 geometric ones (nuScenes: vx, vy) of pasted objects: from a database that has
+    them (``*_withvelo``), zeros otherwise; an unknown (NaN) velocity becomes 0 as SET_NAN_VELOCITY_TO_ZEROS does."""
+    out = np.zeros((len(infos), width), dtype=np.float32)
+    for k, info in enumerate(infos):
+        extra = np.asarray(info["box3d_lidar"], dtype=np.float32)[7 : 7 + width]
+        out[k, : len(extra)] = np.nan_to_num(extra, nan=0.0)
+    return out

@@ -404,7 +404,10 @@ def _in_cross(road: RoadLayout, s: float, half: float = 0.0, margin: float = 1.0
     return abs(s - road.cross_s) < road.cross_width / 2 + half + margin
 
 
-def build_scene(rng: np.random.Generator) -> Scene:
+def build_scene(rng: np.random.Generator, extra_objects=None) -> Scene:
+    """A street scene. ``extra_objects(builder, road, rng)``, when given, adds objects before the street furniture
+    (the nuScenes-layout generator's extra classes); without it the random stream, and so every KITTI-format frame,
+    is unchanged."""
     ground = np.array(
         [
             -SENSOR_HEIGHT + rng.normal(0.0, 0.03),
@@ -573,6 +576,9 @@ def build_scene(rng: np.random.Generator) -> Scene:
         yaw = phi + (0.0 if same_dir else math.pi) + rng.normal(0, 0.08)
         x, y = place(s, u)
         b.cyclist(x, y, yaw, _cyc_dims(rng))
+
+    if extra_objects is not None:
+        extra_objects(b, road, rng)
 
     # 6) street furniture and vegetation: the clutter that looks a bit like objects
     _add_furniture(b, road, rng, S_MIN, S_MAX)
