@@ -194,3 +194,42 @@ def test_coders_keep_dtype_and_device_of_inputs():
     anchors = torch.tensor(np.tile([0.0, 0, 0, 3.9, 1.6, 1.56, 0], (4, 1)), dtype=torch.float32)
     code = coder.encode_torch(anchors + 0.1, anchors)
     assert code.dtype == torch.float32 and code.shape == (4, 7)
+
+
+def test_point_bin_residual_coder_round_trip_bins_and_hand_value():
+    mean_size = [[3.9, 1.6, 1.56], [0.8, 0.6, 1.73]]
+    coder = box_coder_utils.PointBinResidualCoder(mean_size=mean_size, angle_bin_num=12)
+    assert coder.code_size == 30
+    rng = np.random.default_rng(0)
+    n = 200
+    headings = np.concatenate([rng.uniform(-np.pi, np.pi, n - 4), [0.0, np.pi / 12, -np.pi + 1e-4, np.pi - 1e-4]])
+    gt = torch.tensor(np.column_stack([rng.uniform(-20, 20, (n, 3)), rng.uniform(0.5, 5, (n, 3)), headings]),
+                      dtype=torch.float64)  # fmt: skip
+    points = gt[:, 0:3] + torch.tensor(rng.normal(0, 0.5, (n, 3)))
+    classes = torch.tensor(rng.integers(1, 3, n))
+    code = coder.encode_torch(gt, points, classes)
+    assert code.shape == (n, 30)
+    torch.testing.assert_close(code[:, 0:6], box_coder_utils.PointResidualCoder(mean_size=mean_size).encode_torch(
+        gt, points, classes)[:, 0:6])  # fmt: skip
+    # One bin per box, the residual only in that bin's slot, within half a bin width.
+    one_hot, residual = code[:, 6:18], code[:, 18:30]
+    assert torch.equal(one_hot.sum(dim=1), torch.ones(n, dtype=torch.float64))
+    assert (residual[one_hot == 0] == 0).all() and (residual.abs() <= 0.5 + 1e-9).all()
+    # Naive bin: the nearest bin centre k * 30 degrees, a heading half-way between two going to the upper one.
+    naive_bin = [min(range(13), key=lambda k: (abs(np.mod(h, 2 * np.pi) - k * np.pi / 6), -k)) % 12 for h in headings]
+    assert one_hot.argmax(dim=1).tolist() == naive_bin
+    decoded = coder.decode_torch(code, points, classes)
+    torch.testing.assert_close(decoded[:, 0:6], gt[:, 0:6])
+    wrapped = torch.remainder(decoded[:, 6] - gt[:, 6] + np.pi, 2 * np.pi) - np.pi
+    assert wrapped.abs().max() < 1e-9 and (decoded[:, 6] >= -np.pi).all() and (decoded[:, 6] < np.pi).all()
+    # Hand value: heading 100 degrees -> bin 3 (90 +- 15 degrees), residual 10 / 30.
+    hand = coder.encode_torch(torch.tensor([[0.0, 0, 0, 3.9, 1.6, 1.56, math.radians(100)]]), torch.zeros(1, 3),
+                              torch.tensor([1]))  # fmt: skip
+    assert hand[0, 6:18].argmax() == 3
+    torch.testing.assert_close(hand[0, 18 + 3], torch.tensor(1.0 / 3.0))
+    # Decoding follows the highest bin score (logits, not a one-hot).
+    logits = hand.clone()
+    logits[0, 6:18] = torch.linspace(-1, 1, 12)
+    logits[0, 18 + 11] = -0.25
+    torch.testing.assert_close(coder.decode_torch(logits, torch.zeros(1, 3), torch.tensor([1]))[0, 6],
+                               torch.tensor(math.radians(-37.5)))  # fmt: skip

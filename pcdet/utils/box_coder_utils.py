@@ -6,6 +6,8 @@ Extra columns past the heading (e.g. velocities) are encoded as plain difference
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _MIN_SIZE = 1e-5  # sizes are clamped before log() so degenerate boxes give finite targets
@@ -176,3 +178,54 @@ class PointResidualCoder:
             centre = [xt + xa, yt + ya, zt + za]
             sizes = [torch.exp(lt), torch.exp(wt), torch.exp(ht)]
         return torch.cat([*centre, *sizes, torch.atan2(sin_t, cos_t), *extra_t], dim=-1)
+
+
+class PointBinResidualCoder(PointResidualCoder):
+    """Point-based residuals with a bin-based heading: ``angle_bin_num`` equal bins over ``[0, 2pi)``, the first
+    centred on 0. Code: the 6 centre/size residuals of :class:`PointResidualCoder`, a one-hot of the heading's bin
+    (``angle_bin_num``; the head predicts logits there), and the residual from each bin's centre in units of the bin
+    width, in ``[-0.5, 0.5)`` (``angle_bin_num``; only the gt bin's slot is non-zero); ``code_size = 6 + 2 * bins``.
+    Decoding takes the highest-scoring bin and its residual; headings come back in ``[-pi, pi)``.
+    """
+
+    def __init__(self, code_size: int = 30, use_mean_size: bool = True, angle_bin_num: int = 12, **kwargs):
+        super().__init__(code_size=6 + 2 * angle_bin_num, use_mean_size=use_mean_size, **kwargs)
+        if angle_bin_num < 1:
+            raise ValueError(f"PointBinResidualCoder: angle_bin_num must be >= 1, got {angle_bin_num}")
+        self.angle_bin_num = angle_bin_num
+        self.bin_width = 2 * math.pi / angle_bin_num
+
+    def encode_angle_torch(self, angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., 1) headings -> bin index (..., 1) long and residual (..., 1) in bin widths."""
+        shifted = torch.remainder(angle + self.bin_width / 2, 2 * math.pi)  # bin k covers [k - 1/2, k + 1/2) widths
+        bin_id = torch.floor(shifted / self.bin_width).clamp(max=self.angle_bin_num - 1)
+        residual = shifted / self.bin_width - bin_id - 0.5
+        return bin_id.long(), residual
+
+    def decode_angle_torch(self, bin_id: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        angle = (bin_id.to(residual.dtype) + residual) * self.bin_width
+        return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
+
+    def encode_torch(
+        self, gt_boxes: torch.Tensor, points: torch.Tensor, gt_classes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``gt_boxes (N, 7 + C)``, ``points (N, 3)``, ``gt_classes (N)`` 1-based -> ``(N, 6 + 2 * bins + C)``."""
+        point_code = super().encode_torch(gt_boxes, points, gt_classes)
+        bin_id, residual = self.encode_angle_torch(gt_boxes[..., 6:7])
+        one_hot = torch.zeros(*bin_id.shape[:-1], self.angle_bin_num, dtype=gt_boxes.dtype, device=gt_boxes.device)
+        one_hot.scatter_(-1, bin_id, 1.0)
+        return torch.cat([point_code[..., 0:6], one_hot, one_hot * residual, point_code[..., 8:]], dim=-1)
+
+    def decode_torch(
+        self, box_encodings: torch.Tensor, points: torch.Tensor, pred_classes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``box_encodings (N, 6 + 2 * bins + C)`` -> boxes ``(N, 7 + C)``."""
+        bins = self.angle_bin_num
+        bin_id = box_encodings[..., 6 : 6 + bins].argmax(dim=-1, keepdim=True)
+        residual = box_encodings[..., 6 + bins : 6 + 2 * bins].gather(-1, bin_id)
+        heading = self.decode_angle_torch(bin_id, residual)
+        # The parent decodes (cos, sin) columns: give it the heading's, then take its centre, sizes and extras.
+        sincos = torch.cat([torch.cos(heading), torch.sin(heading)], dim=-1)
+        point_code = torch.cat([box_encodings[..., 0:6], sincos, box_encodings[..., 6 + 2 * bins :]], dim=-1)
+        boxes = super().decode_torch(point_code, points, pred_classes)
+        return torch.cat([boxes[..., 0:6], heading, boxes[..., 7:]], dim=-1)
