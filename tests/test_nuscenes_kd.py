@@ -150,3 +150,53 @@ def test_kd_configs_build_with_a_random_weight_teacher(tmp_path):
         student = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), geometry)
         distiller = build_distiller(cfg, student, geometry, teacher_ckpt=path)
         assert [t.NAME for t in cfg.KD.LOSSES] == [type(m).__name__ for m in distiller.kd_losses.values()]
+
+
+@pytest.mark.skipif(not DATASET_CFG.is_file(), reason="the nuScenes dataset config does not exist yet")
+@pytest.mark.parametrize(
+    "kd_name, teacher_name, pcr, max_points",
+    [
+        ("cbgs_pp_multihead_kd", "cbgs_pp_multihead", [-6.4, -6.4, -5.0, 6.4, 6.4, 3.0], 20),
+        ("cbgs_voxel0075_res3d_centerpoint_kd", "cbgs_voxel0075_res3d_centerpoint", [-4.8, -4.8, -5, 4.8, 4.8, 3], 10),
+    ],
+)  # fmt: skip
+def test_kd_training_step_on_a_tiny_range(tmp_path, kd_name, teacher_name, pcr, max_points):
+    """The KD configs on a small range (teacher and student alike): one distilled step, every term finite, the
+    student's gradients reached; the teacher's weights are random."""
+    from _nuscenes_models import hand_batch
+
+    from pcdet.config import cfg_from_yaml_file
+    from pcdet.models import load_data_to_gpu
+    from pcdet.models.kd import build_distiller
+    from pcdet.models.kd.feature_matching import VoxelGrid
+    from pcdet.utils.checkpoint_io import atomic_torch_save
+
+    teacher_yaml = tmp_path / "teacher.yaml"
+    teacher_yaml.write_text(f"_BASE_CONFIG_: {CFG_DIR / teacher_name}.yaml\nDATA_CONFIG:\n  POINT_CLOUD_RANGE: {pcr}\n")
+    kd_yaml = tmp_path / "kd.yaml"
+    kd_yaml.write_text(
+        f"_BASE_CONFIG_: {CFG_DIR / kd_name}.yaml\nDATA_CONFIG:\n  POINT_CLOUD_RANGE: {pcr}\n"
+        f"KD:\n  TEACHER:\n    CFG_FILE: {teacher_yaml}\n"
+    )
+    cfg = cfg_from_yaml_file(kd_yaml, EasyDict())
+    grid = VoxelGrid.from_data_config(cfg.DATA_CONFIG)
+    geometry = grid.network_geometry(cfg.CLASS_NAMES, type("Encoder", (), {"num_point_features": 5})())
+    torch.manual_seed(0)
+    teacher = build_network(cfg_from_yaml_file(teacher_yaml, EasyDict()).MODEL, 10, geometry)
+    atomic_torch_save({"model_state": teacher.state_dict()}, tmp_path / "teacher.pth")
+    student = build_network(cfg.MODEL, 10, geometry)
+    distiller = build_distiller(cfg, student, geometry, teacher_ckpt=tmp_path / "teacher.pth")
+    distiller.train()
+
+    boxes = [
+        np.array([[1.0, 0.5, -1.0, 4.5, 1.9, 1.6, 0.3, 2.0, 0.5, 1], [-2.5, -3.0, -1.2, 0.7, 0.7, 1.8, 1.2, 0, 0, 9]]),
+        np.array([[2.0, -1.0, -0.5, 8.0, 2.6, 3.0, -0.4, -1.0, 0.0, 2]]),
+    ]
+    batch = load_data_to_gpu(hand_batch(pcr, grid.voxel_size, max_points, boxes), device="cpu")
+    ret, tb, _ = distiller(batch)
+    terms = [key for key in tb if key.startswith("kd/") and key.count("/") == 1 and key != "kd/loss_det"]
+    assert terms == [f"kd/{t.get('TAG', t.NAME)}" for t in cfg.KD.LOSSES]
+    assert all(np.isfinite(tb[key]) and tb[key] > 0 for key in terms)
+    ret["loss"].backward()
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in distiller.teacher.parameters())
