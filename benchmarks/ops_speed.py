@@ -1,4 +1,5 @@
-"""CPU timings of the geometry ops: dense rotated BEV IoU and rotated NMS on a crowded detector-like scene.
+"""CPU timings of the geometry ops: dense rotated BEV IoU and rotated NMS on a crowded detector-like scene, and
+RoIPointPool3d at PointRCNN's sizes.
 
 Run: ``.venv/bin/python benchmarks/ops_speed.py [--threads N] [--repeat R]``. Prints one line per case
 (median wall and thread-CPU time over ``repeat`` runs after one warm-up) and a markdown table for
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from pcdet.ops.iou3d_nms import iou3d_nms_utils
+from pcdet.ops.roipoint_pool3d.roipoint_pool3d_utils import roipoint_pool3d
 
 
 def random_boxes(rng: np.random.Generator, n: int) -> torch.Tensor:
@@ -46,6 +48,24 @@ def crowded_scene(rng: np.random.Generator, n: int, num_objects: int) -> tuple[t
     boxes[:, 3:6] *= rng.uniform(0.85, 1.15, (n, 3))
     boxes[:, 6] += rng.normal(0, 0.2, n)
     return torch.from_numpy(boxes).float(), torch.from_numpy(rng.random(n)).float()
+
+
+def pooling_scene(
+    rng: np.random.Generator, num_points: int, num_rois: int, channels: int, batch: int = 2
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Points (half of them around 20 cars), per-point features and RoIs jittered around the cars, per sample."""
+    cars, _ = crowded_scene(rng, 20 * batch, 20 * batch)
+    cars = cars.view(batch, 20, 7)
+    near = (
+        cars[:, rng.integers(0, 20, num_points // 2), 0:3]
+        + torch.from_numpy(rng.normal(0, 1.0, (batch, num_points // 2, 3))).float()
+    )
+    spread = random_boxes(rng, batch * (num_points - num_points // 2))[:, 0:3].view(batch, -1, 3)
+    points = torch.cat([near, spread], dim=1)
+    features = torch.from_numpy(rng.normal(size=(batch, num_points, channels))).float()
+    rois = cars[:, rng.integers(0, 20, num_rois)].clone()
+    rois[..., 0:2] += torch.from_numpy(rng.normal(0, 0.5, (batch, num_rois, 2))).float()
+    return points, features, rois
 
 
 def median_seconds(fn, repeat: int) -> tuple[float, float]:
@@ -96,6 +116,15 @@ def main() -> None:
     keep = iou3d_nms_utils.nms_normal_gpu(boxes, scores, 0.5)[0]
     seconds = median_seconds(lambda: iou3d_nms_utils.nms_normal_gpu(boxes, scores, 0.5), args.repeat)
     rows.append(("nms_normal_gpu 4096 boxes / 30 objects, IoU thresh 0.5", seconds, f"{len(keep)} kept"))
+
+    for points, rois, sampled, label in ((16384, 128, 512, "pointrcnn.yaml training"),
+                                         (16384, 100, 512, "pointrcnn.yaml test"),
+                                         (4096, 32, 128, "pointrcnn_synthetic.yaml training")):  # fmt: skip
+        pts, feats, boxes = pooling_scene(rng, points, rois, 130)  # 128 point features + score + depth
+        seconds = median_seconds(lambda p=pts, f=feats, b=boxes, k=sampled: roipoint_pool3d(p, f, b, k), args.repeat)
+        empty = int(roipoint_pool3d(pts, feats, boxes, sampled)[1].sum())
+        rows.append((f"roipoint_pool3d 2 × {rois} RoIs × {sampled} of {points} points, C=130 ({label})", seconds,
+                     f"{empty} empty RoIs"))  # fmt: skip
 
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeat}")
     print("| case | wall (ms) | CPU (ms) | note |\n|---|---:|---:|---|")
