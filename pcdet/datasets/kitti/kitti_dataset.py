@@ -83,7 +83,8 @@ class KittiDataset(DatasetTemplate):
                 self.logger.warning(f"KITTI info file {info_path} not found (create_kitti_infos writes it)")
                 continue
             self.kitti_infos.extend(safe_pickle_load(info_path))
-        self.logger.info(f"Total samples for KITTI dataset ({mode}): {len(self.kitti_infos)}")
+        if self.dataset_cfg.INFO_PATH[mode]:  # info creation lists none: "0 samples" there would only confuse
+            self.logger.info(f"Total samples for KITTI dataset ({mode}): {len(self.kitti_infos)}")
 
     def set_split(self, split: str) -> None:
         """Point the dataset at another ImageSets split (info creation); raises if its id list is missing."""
@@ -292,6 +293,7 @@ class KittiDataset(DatasetTemplate):
         for name, entries in all_db_infos.items():
             self.logger.info(f"gt database {name}: {len(entries)} objects")
         common_utils.dump_pickle(all_db_infos, db_info_path)
+        self.logger.info(f"KITTI dbinfos {split} file is saved to {db_info_path} (objects' points in {database_dir})")
 
     # ------------------------------------------------------------------------------------------------ samples
     def __len__(self) -> int:
