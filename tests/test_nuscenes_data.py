@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,45 @@ def test_dataset_registered():
     from pcdet.datasets import __all__ as registry
 
     assert registry["NuScenesDataset"] is NuScenesDataset
+
+
+def test_dangling_token_in_the_devkit_index_is_named(root, tmp_path):
+    """A key frame whose calibrated_sensor token points nowhere breaks the devkit's own reverse index."""
+    copy_root = tmp_path / "data"
+    shutil.copytree(root / VERSION / VERSION, copy_root / VERSION / VERSION)
+    with pytest.raises(nuscenes_utils.NuScenesLayoutError, match="map mask"):  # the devkit's own assert, wrapped
+        nuscenes_utils.load_nuscenes(VERSION, copy_root / VERSION)
+    shutil.copytree(root / VERSION / "maps", copy_root / VERSION / "maps")
+    table = copy_root / VERSION / VERSION / "sample_data.json"
+    rows = json.loads(table.read_text())
+    rows[0]["calibrated_sensor_token"] = "feedfeedfeedfeedfeedfeedfeedfeed"
+    table.write_text(json.dumps(rows))
+    with pytest.raises(nuscenes_utils.NuScenesTokenError, match="feedfeedfeedfeedfeedfeedfeedfeed"):
+        nuscenes_utils.load_nuscenes(VERSION, copy_root / VERSION)
+
+
+def test_cli_reports_an_absent_version_in_one_line(tmp_path, capsys):
+    from pcdet.datasets.nuscenes.nuscenes_dataset import main
+    from pcdet.utils.cli import run_tool
+
+    argv = ["--func", "create_nuscenes_infos", "--cfg_file", str(SYNTHETIC_DATASET_CFG), "--version", "v1.0-mini",
+            "--data_path", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool(main, argv)  # what `python -m pcdet.datasets.nuscenes.nuscenes_dataset ...` runs
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: nuScenes version folder") and "Traceback" not in err
+
+
+def test_training_skips_a_frame_with_a_missing_sweep_when_asked(root, tmp_path):
+    copy_root = tmp_path / "data"
+    shutil.copytree(root, copy_root)
+    cfg = cfg_from_yaml_file(SYNTHETIC_DATASET_CFG, EasyDict())
+    cfg.SKIP_CORRUPT_FRAMES = True
+    cfg.BALANCED_RESAMPLING = False
+    dataset = synthetic_nuscenes_dataset(copy_root, dataset_cfg=cfg, training=True)
+    (copy_root / VERSION / dataset.infos[0]["sweeps"][0]["lidar_path"]).unlink()
+    np.random.seed(1)
+    sample = dataset[0]  # replaced by a readable frame
+    assert sample["frame_id"] != Path(dataset.infos[0]["lidar_path"]).stem
+    assert dataset.data_issues.totals()["corrupt_point_cloud"] >= 1

@@ -39,6 +39,10 @@ class NuScenesTokenError(InputError, LookupError):
     """A table row refers to a token that no table holds."""
 
 
+class NuScenesLayoutError(InputError, ValueError):
+    """The devkit's own consistency check (an ``assert``) failed on the data set, e.g. a missing map mask."""
+
+
 def require_devkit():
     """The ``nuscenes`` package, or an ImportError that says how to install it."""
     try:
@@ -69,6 +73,8 @@ def load_nuscenes(version: str, dataroot: str | Path, verbose: bool = False):
             f"nuScenes tables in {table_root} refer to token {exc.args[0]!r}, which no table holds "
             "(a truncated download or an edited table)"
         ) from exc
+    except AssertionError as exc:
+        raise NuScenesLayoutError(f"nuscenes-devkit cannot load {table_root}: {exc}") from exc
 
 
 def get(nusc, table: str, tok: str, what: str):
