@@ -111,10 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.epochs = args.epochs or (16 if args.dataset == "synthetic" else 80)
     args.teacher_epochs = args.teacher_epochs or args.epochs
     args.teacher_tag = args.teacher_tag or args.extra_tag
-    if args.report is None:
-        name = {"dev": "BENCHMARK_DEV.md", "test": "BENCHMARK.md"}[args.split]
-        args.report = str(REPO / "docs" / (name if args.dataset == "synthetic" else "BENCHMARK_KITTI.md"))
-    args.report = str(Path(args.report).resolve())  # before main() changes into tools/
+    # Resolved before main() changes into tools/.
+    args.report = str(Path(args.report).resolve()) if args.report else str(kd_report.default_report(args.dataset, args.split))
     return args
 
 

@@ -135,6 +135,13 @@ def bar_chart(context: Context, results: dict, out_file: Path) -> Path | None:
     return out_file
 
 
+def default_report(dataset: str, split: str) -> Path:
+    """Where a benchmark writes its table unless ``--report`` says otherwise."""
+    if dataset != "synthetic":
+        return REPO / "docs" / "BENCHMARK_KITTI.md"
+    return REPO / "docs" / {"dev": "BENCHMARK_DEV.md", "test": "BENCHMARK.md"}[split]
+
+
 def _command(args) -> str:
     parts = ["benchmarks/kd_benchmark.py", "--dataset", args.dataset, "--split", args.split]
     keys = ["runs", "seeds", "epochs", "teacher_epochs", "train_frames", "dev_frames", "test_frames", "parallel"]
@@ -142,6 +149,9 @@ def _command(args) -> str:
     for key in keys:
         value = getattr(args, key)
         parts += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    report = Path(args.report)
+    if report != default_report(args.dataset, args.split):  # a reproduced run must rewrite the same page
+        parts += ["--report", str(report.relative_to(REPO)) if report.is_relative_to(REPO) else str(report)]
     return ".venv/bin/python " + shlex.join(parts)
 
 
