@@ -112,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.teacher_epochs = args.teacher_epochs or args.epochs
     args.teacher_tag = args.teacher_tag or args.extra_tag
     # Resolved before main() changes into tools/.
-    args.report = str(Path(args.report).resolve()) if args.report else str(kd_report.default_report(args.dataset, args.split))
+    report = Path(args.report) if args.report else kd_report.default_report(args.dataset, args.split)
+    args.report = str(report.resolve())
     return args
 
 
