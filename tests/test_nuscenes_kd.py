@@ -200,3 +200,17 @@ def test_kd_training_step_on_a_tiny_range(tmp_path, kd_name, teacher_name, pcr, 
     ret["loss"].backward()
     assert all(p.grad is not None for p in student.parameters())
     assert all(p.grad is None for p in distiller.teacher.parameters())
+
+
+def test_synthetic_configs_keep_the_networks_on_a_cpu_sized_grid():
+    """The synthetic twins change data, grid and BN momentum only (the CenterHead's limits follow the range)."""
+    for name, grid in (("cbgs_pp_multihead", [256, 256, 1]), ("cbgs_voxel0075_res3d_centerpoint", [512, 512, 40])):
+        cfg, base = load_cfg(f"{name}_synthetic.yaml"), load_cfg(f"{name}.yaml")
+        assert cfg.DATA_CONFIG.DATA_PATH == "../data/synthetic_nuscenes" and cfg.DATA_CONFIG.VERSION == "v1.0-mini"
+        dataset = stub_dataset(cfg.CLASS_NAMES, cfg.DATA_CONFIG.POINT_CLOUD_RANGE, voxel_size_of(cfg))
+        assert dataset.grid_size.tolist() == grid
+        model_cfg = EasyDict({k: v for k, v in cfg.MODEL.items() if k != "BN_MOMENTUM"})
+        if "POST_PROCESSING" in model_cfg.DENSE_HEAD:
+            del model_cfg.DENSE_HEAD["POST_PROCESSING"]
+            del base.MODEL.DENSE_HEAD["POST_PROCESSING"]
+        assert model_cfg == base.MODEL and cfg.MODEL.BN_MOMENTUM == 0.1
