@@ -152,6 +152,11 @@ def test_ground_truth_as_detections_scores_perfectly(root, tmp_path):
     _, shifted = dataset.evaluation(det_annos, CLASSES, output_path=tmp_path / "shifted")
     assert 0.0 < shifted["mATE"] < 0.6 and shifted["NDS"] < 1.0
 
+    empty = [{"name": np.array([]), "score": np.zeros(0), "boxes_lidar": np.zeros((0, 9)), "metadata": a["metadata"]}
+             for a in det_annos]  # fmt: skip
+    _, nothing = dataset.evaluation(empty, CLASSES, output_path=tmp_path / "empty")
+    assert nothing["mAP"] == 0.0 and nothing["NDS"] == 0.0
+
 
 def test_missing_sweep_file_names_it(root, tmp_path):
     copy_root = tmp_path / "data"

@@ -50,7 +50,8 @@ def det_annos_to_results(det_annos: list[dict], nusc) -> dict:
         sd = get(nusc, "sample_data", sample["data"]["LIDAR_TOP"], f"LIDAR_TOP of sample {sample_token}")
         cs = get(nusc, "calibrated_sensor", sd["calibrated_sensor_token"], f"sensor of sample_data {sd['token']}")
         pose = get(nusc, "ego_pose", sd["ego_pose_token"], f"ego pose of sample_data {sd['token']}")
-        boxes = np.asarray(anno["boxes_lidar"], dtype=np.float64).reshape(len(anno["score"]), -1)
+        boxes = np.asarray(anno["boxes_lidar"], dtype=np.float64)
+        boxes = boxes.reshape(len(anno["score"]), boxes.shape[-1] if boxes.ndim == 2 else 7)
         order = np.argsort(-np.asarray(anno["score"], dtype=np.float64), kind="stable")[:MAX_BOXES_PER_SAMPLE]
         entries = []
         for i in order:
@@ -90,11 +91,28 @@ def evaluate(nusc, results: dict, version: str, output_dir: str | Path, verbose:
     output_dir.mkdir(parents=True, exist_ok=True)
     result_path = output_dir / "results_nusc.json"
     result_path.write_text(json.dumps(results))
+    config = config_factory(EVAL_CONFIG)
+    if not any(results["results"].values()):
+        return _empty_submission_summary(config)
     evaluator = DetectionEval(
-        nusc, config=config_factory(EVAL_CONFIG), result_path=str(result_path), eval_set=EVAL_SET[version],
+        nusc, config=config, result_path=str(result_path), eval_set=EVAL_SET[version],
         output_dir=str(output_dir), verbose=verbose,
     )  # fmt: skip
     return evaluator.main(plot_examples=0, render_curves=False)
+
+
+def _empty_submission_summary(config) -> dict:
+    """The devkit cannot evaluate a submission without a single box (it infers the box type from the first one);
+    such a submission scores AP 0 and the maximal TP error 1 for every class, which NDS turns into 0."""
+    names = list(config.class_names)
+    return {
+        "mean_ap": 0.0,
+        "nd_score": 0.0,
+        "tp_errors": dict.fromkeys(TP_ERRORS, 1.0),
+        "label_aps": {n: dict.fromkeys(config.dist_ths, 0.0) for n in names},
+        "mean_dist_aps": dict.fromkeys(names, 0.0),
+        "label_tp_errors": {n: dict.fromkeys(TP_ERRORS, 1.0) for n in names},
+    }
 
 
 def format_metrics(metrics: dict, class_names: list[str]) -> tuple[str, dict]:
