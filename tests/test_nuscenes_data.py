@@ -101,6 +101,14 @@ def test_sweeps_show_the_motion_the_velocity_says(root):
     assert inside_moved > 10 and inside_moved > 2 * inside_still
 
 
+def test_fewer_sweeps_take_the_newest_and_more_than_the_infos_hold_is_an_error(root):
+    dataset = synthetic_nuscenes_dataset(root)
+    lags = np.unique(dataset.get_lidar_with_sweeps(1, max_sweeps=3)[:, 4])
+    assert np.allclose(lags, [0.0, 0.05, 0.10], atol=1e-4)
+    with pytest.raises(ValueError, match="MAX_SWEEPS=11"):
+        dataset.get_lidar_with_sweeps(1, max_sweeps=11)
+
+
 def test_gt_database_has_velocity_and_sweep_points(root):
     db = safe_pickle_load(root / VERSION / "nuscenes_dbinfos_10sweeps_withvelo.pkl")
     entry = db["car"][0]

@@ -98,6 +98,11 @@ class NuScenesDataset(DatasetTemplate):
         what = f"sample {info['token']}"
         points = [self._read_points(info["lidar_path"], f"key frame of {what}")]
         times = [np.zeros((len(points[0]), 1), dtype=np.float32)]
+        if len(info["sweeps"]) < max_sweeps - 1:
+            raise nuscenes_utils.NuScenesLayoutError(
+                f"the infos hold {len(info['sweeps'])} sweeps per key frame, MAX_SWEEPS={max_sweeps} needs "
+                f"{max_sweeps - 1}: create the infos again with this MAX_SWEEPS (create_nuscenes_infos)"
+            )
         for sweep in info["sweeps"][: max_sweeps - 1]:
             p, t = self.get_sweep(sweep, what)
             points.append(p)

@@ -40,7 +40,8 @@ class NuScenesTokenError(InputError, LookupError):
 
 
 class NuScenesLayoutError(InputError, ValueError):
-    """The devkit's own consistency check (an ``assert``) failed on the data set, e.g. a missing map mask."""
+    """The data set does not fit what is asked of it: the devkit's own consistency check (an ``assert``) failed, e.g.
+    on a missing map mask, or the infos hold fewer sweeps than MAX_SWEEPS needs."""
 
 
 def require_devkit():
