@@ -120,10 +120,12 @@ def test_post_processing_maps_each_heads_classes():
         "cls_preds_normalized": False,
         "multihead_label_mapping": [h.head_label_indices for h in model.dense_head.rpn_heads],
     }
-    preds, _ = model.post_processing(batch)
-    assert preds[0]["pred_labels"].tolist() == [3, 9]
-    torch.testing.assert_close(preds[0]["pred_boxes"][:, :2], torch.tensor([[1.0, 1.0], [-2.0, 3.0]]))
-    torch.testing.assert_close(preds[0]["pred_scores"], torch.sigmoid(torch.tensor([5.0, 4.0])))
+    for multi_classes in (True, False):  # per-class NMS, or one NMS per head over its best class
+        model.model_cfg.POST_PROCESSING.NMS_CONFIG.MULTI_CLASSES_NMS = multi_classes
+        preds, _ = model.post_processing(batch)
+        assert preds[0]["pred_labels"].tolist() == [3, 9]
+        torch.testing.assert_close(preds[0]["pred_boxes"][:, :2], torch.tensor([[1.0, 1.0], [-2.0, 3.0]]))
+        torch.testing.assert_close(preds[0]["pred_scores"], torch.sigmoid(torch.tensor([5.0, 4.0])))
 
 
 def test_training_step_and_eval_forward(device):

@@ -316,7 +316,14 @@ class Detector3DTemplate(nn.Module):
             box_preds = batch_dict["batch_box_preds"][batch_mask]
             src_box_preds = box_preds
             if isinstance(batch_dict["batch_cls_preds"], list):
-                final_scores, final_labels, final_boxes = self._multihead_nms(batch_dict, batch_mask, box_preds)
+                # A multi-head anchor head: one score tensor per head, each with its own classes.
+                final_scores, final_labels, final_boxes = model_nms_utils.multihead_nms(
+                    [cls[batch_mask] for cls in batch_dict["batch_cls_preds"]],
+                    batch_dict["multihead_label_mapping"],
+                    box_preds,
+                    post_process_cfg,
+                    normalized=batch_dict["cls_preds_normalized"],
+                )
             else:
                 cls_preds = batch_dict["batch_cls_preds"][batch_mask]
                 src_cls_preds = cls_preds
@@ -360,41 +367,6 @@ class Detector3DTemplate(nn.Module):
             )
             pred_dicts.append({"pred_boxes": final_boxes, "pred_scores": final_scores, "pred_labels": final_labels})
         return pred_dicts, recall_dict
-
-    def _multihead_nms(self, batch_dict: dict, batch_mask, box_preds: torch.Tensor):
-        """Scores, 1-based labels and boxes kept from a multi-head anchor head's outputs: ``batch_cls_preds`` is a
-        list (one ``(B, N_k, C_k)`` per head, its anchors consecutive in ``box_preds``) and
-        ``multihead_label_mapping`` the heads' labels. Each head gets its own NMS (per class with
-        ``MULTI_CLASSES_NMS``, else over its best class); OpenPCDet's ran the per-class path only."""
-        post_process_cfg = self.model_cfg.POST_PROCESSING
-        scores, labels, boxes = [], [], []
-        start = 0
-        for head_cls, mapping in zip(batch_dict["batch_cls_preds"], batch_dict["multihead_label_mapping"]):
-            head_cls = head_cls[batch_mask]
-            head_boxes = box_preds[start : start + head_cls.shape[0]]
-            start += head_cls.shape[0]
-            if not batch_dict["cls_preds_normalized"]:
-                head_cls = torch.sigmoid(head_cls)
-            if post_process_cfg.NMS_CONFIG.MULTI_CLASSES_NMS:
-                head_scores, head_labels, head_kept = model_nms_utils.multi_classes_nms(
-                    cls_scores=head_cls,
-                    box_preds=head_boxes,
-                    nms_config=post_process_cfg.NMS_CONFIG,
-                    score_thresh=post_process_cfg.SCORE_THRESH,
-                )
-            else:
-                best, best_labels = torch.max(head_cls, dim=-1)
-                selected, head_scores = model_nms_utils.class_agnostic_nms(
-                    box_scores=best,
-                    box_preds=head_boxes,
-                    nms_config=post_process_cfg.NMS_CONFIG,
-                    score_thresh=post_process_cfg.SCORE_THRESH,
-                )
-                head_labels, head_kept = best_labels[selected], head_boxes[selected]
-            scores.append(head_scores)
-            labels.append(mapping.to(head_labels.device)[head_labels])
-            boxes.append(head_kept)
-        return torch.cat(scores), torch.cat(labels), torch.cat(boxes)
 
     @staticmethod
     def generate_recall_record(

@@ -86,3 +86,34 @@ def class_specific_nms(
         selected.append(candidates[keep[: _per_class(nms_config.NMS_POST_MAXSIZE, k)]])
     selected = torch.cat(selected) if selected else box_labels.new_zeros((0,), dtype=torch.long)
     return selected, box_scores[selected]
+
+
+def multihead_nms(
+    cls_preds: list[torch.Tensor],
+    label_mappings: list[torch.Tensor],
+    box_preds: torch.Tensor,
+    post_process_cfg,
+    normalized: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample of a multi-head anchor head: ``cls_preds`` one ``(N_k, C_k)`` per head (logits unless
+    ``normalized``), the heads' anchors consecutive in ``box_preds (N, code)``, ``label_mappings`` the heads' 1-based
+    labels. Each head gets its own NMS (per class with ``MULTI_CLASSES_NMS``, else over its best class; OpenPCDet
+    has the per-class path only). Returns ``(scores, 1-based labels, boxes)`` of the kept boxes, head by head."""
+    nms_config, score_thresh = post_process_cfg.NMS_CONFIG, post_process_cfg.SCORE_THRESH
+    scores, labels, boxes = [], [], []
+    start = 0
+    for head_cls, mapping in zip(cls_preds, label_mappings):
+        head_boxes = box_preds[start : start + head_cls.shape[0]]
+        start += head_cls.shape[0]
+        if not normalized:
+            head_cls = torch.sigmoid(head_cls)
+        if nms_config.MULTI_CLASSES_NMS:
+            head_scores, head_labels, head_kept = multi_classes_nms(head_cls, head_boxes, nms_config, score_thresh)
+        else:
+            best, best_labels = torch.max(head_cls, dim=-1)
+            selected, head_scores = class_agnostic_nms(best, head_boxes, nms_config, score_thresh)
+            head_labels, head_kept = best_labels[selected], head_boxes[selected]
+        scores.append(head_scores)
+        labels.append(mapping.to(head_labels.device)[head_labels])
+        boxes.append(head_kept)
+    return torch.cat(scores), torch.cat(labels), torch.cat(boxes)
