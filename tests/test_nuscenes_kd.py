@@ -113,6 +113,7 @@ def test_kd_configs_pair_up_with_their_students():
     pairs = {
         "cbgs_pp_multihead_kd": ("cbgs_pp_multihead_2x", "cbgs_pp_multihead"),
         "cbgs_pp_multihead_kd_4x": ("cbgs_pp_multihead_4x", "cbgs_pp_multihead"),
+        "cbgs_pp_multihead_kd_bev": ("cbgs_pp_multihead_2x", "cbgs_pp_multihead"),
         "cbgs_voxel0075_res3d_centerpoint_kd": (
             "cbgs_voxel0075_res3d_centerpoint_4x", "cbgs_voxel0075_res3d_centerpoint",
         ),
@@ -157,6 +158,7 @@ def test_kd_configs_build_with_a_random_weight_teacher(tmp_path):
     "kd_name, teacher_name, pcr, max_points",
     [
         ("cbgs_pp_multihead_kd", "cbgs_pp_multihead", [-6.4, -6.4, -5.0, 6.4, 6.4, 3.0], 20),
+        ("cbgs_pp_multihead_kd_bev", "cbgs_pp_multihead", [-6.4, -6.4, -5.0, 6.4, 6.4, 3.0], 20),
         ("cbgs_voxel0075_res3d_centerpoint_kd", "cbgs_voxel0075_res3d_centerpoint", [-4.8, -4.8, -5, 4.8, 4.8, 3], 10),
     ],
 )  # fmt: skip
