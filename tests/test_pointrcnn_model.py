@@ -18,6 +18,7 @@ from pcdet.models import build_network
 from pcdet.models.backbones_3d.pointnet2_backbone import split_points_by_sample
 from pcdet.models.roi_heads.target_assigner.proposal_target_layer import ProposalTargetLayer
 from pcdet.ops.roipoint_pool3d.roipoint_pool3d_utils import RoIPointPool3d
+from pcdet.utils.checkpoint_io import atomic_torch_save
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "tools" / "cfgs" / "kitti_models"
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openpcdet"
@@ -334,3 +335,21 @@ def test_scene_without_objects_trains_and_empty_rois_pool_zeros():
     rois = torch.tensor([[[100.0, 100, 0, 1, 1, 1, 0]] * 2] * 2)
     pooled = model.roi_head.roipool3d_gpu({**batch, "rois": rois})
     assert pooled.shape == (4, 32, 5 + 16) and pooled.abs().sum() == 0
+
+
+@needs_reference
+def test_a_checkpoint_in_openpcdets_layout_loads_strictly_and_resumes(tmp_path):
+    """A checkpoint built from OpenPCDet's key list (random values of its shapes and dtypes) loads strictly."""
+    torch.manual_seed(1)
+    state = {}
+    for key, shape, dtype in _read_keys_tsv(REF / "pointrcnn.keys.tsv"):
+        state[key] = torch.randn(shape) if dtype == "float32" else torch.randint(0, 9, shape, dtype=torch.int64)
+    path = tmp_path / "checkpoint_epoch_80.pth"
+    atomic_torch_save({"epoch": 80, "it": 1856, "model_state": state, "optimizer_state": None,
+                       "version": "pcdet+0.6.0+8caccce"}, path)  # fmt: skip
+    cfg = load_cfg()
+    model = build_network(cfg.MODEL, 3, fake_dataset(cfg))
+    model.load_params_strict(str(path), to_cpu=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    resumed = build_network(cfg.MODEL, 3, fake_dataset(cfg))
+    assert resumed.load_params_with_optimizer(str(path), to_cpu=True) == (1856, 80)  # (it, epoch)
