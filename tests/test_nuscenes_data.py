@@ -205,6 +205,13 @@ def test_scene_without_lidar_files_is_skipped_and_counted(root, tmp_path, caplog
     assert len(_infos(copy_root, "val")) == 0 and len(_infos(copy_root, "train")) == 2
 
 
+def test_shared_memory_is_refused_clearly(root):
+    cfg = cfg_from_yaml_file(SYNTHETIC_DATASET_CFG, EasyDict())
+    cfg.USE_SHARED_MEMORY = True
+    with pytest.raises(NotImplementedError, match="USE_SHARED_MEMORY"):
+        synthetic_nuscenes_dataset(root, dataset_cfg=cfg, training=True)
+
+
 def test_dataset_registered():
     from pcdet.datasets import __all__ as registry
 

@@ -38,6 +38,11 @@ class NuScenesDataset(DatasetTemplate):
         super().__init__(
             dataset_cfg=dataset_cfg, class_names=class_names, training=training, root_path=root_path, logger=logger
         )
+        if self.training and dataset_cfg.get("USE_SHARED_MEMORY", False):
+            raise NotImplementedError(
+                "USE_SHARED_MEMORY is not supported for nuScenes yet (it is for KITTI): set it to False; the sweep "
+                "files are read from disk, which the OS page cache keeps hot"
+            )
         self.version = dataset_cfg.VERSION
         self.max_sweeps = int(dataset_cfg.MAX_SWEEPS)
         self.infos: list[dict] = []
