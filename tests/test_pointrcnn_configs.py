@@ -13,6 +13,8 @@ from easydict import EasyDict
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.models import build_network
+from pcdet.models.kd import KDConfigError, build_distiller
+from pcdet.utils.checkpoint_io import atomic_torch_save
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "tools" / "cfgs" / "kitti_models"
 DIVISORS = {"pointrcnn_8x": 2.8, "pointrcnn_16x": 4.0}
@@ -97,3 +99,55 @@ def test_xyz_up_layer_must_match_the_backbone_width():
     cfg.MODEL.ROI_HEAD.XYZ_UP_LAYER = [46, 64]
     with pytest.raises(ValueError, match="XYZ_UP_LAYER must end at the backbone's width 46"):
         _build(cfg)
+
+
+def test_kd_configs_pair_up_build_and_distil_point_features(tmp_path):
+    """pointrcnn_kd(_synthetic).yaml: the 8x student's config, the teacher's last epoch, PointDistiller on
+    ``point_features`` (rows = the batch's points on both sides); a training step on a small frame distils."""
+    teacher_state = _build(_load("pointrcnn")).state_dict()  # random weights stand in for a trained teacher
+    atomic_torch_save({"model_state": teacher_state}, tmp_path / "teacher.pth")
+    for name, student_name, teacher_name in (("pointrcnn_kd", "pointrcnn_8x", "pointrcnn"),
+                                             ("pointrcnn_kd_synthetic", "pointrcnn_8x_synthetic",
+                                              "pointrcnn_synthetic")):  # fmt: skip
+        cfg, student_cfg = _load(name), _load(student_name)
+        assert (cfg.MODEL, cfg.DATA_CONFIG, cfg.OPTIMIZATION) == (
+            student_cfg.MODEL,
+            student_cfg.DATA_CONFIG,
+            student_cfg.OPTIMIZATION,
+        )
+        epochs = _load(teacher_name).OPTIMIZATION.NUM_EPOCHS
+        assert cfg.KD.TEACHER.CFG_FILE == f"cfgs/kitti_models/{teacher_name}.yaml"
+        assert (
+            cfg.KD.TEACHER.CKPT == f"../output/kitti_models/{teacher_name}/default/ckpt/checkpoint_epoch_{epochs}.pth"
+        )
+        (term,) = cfg.KD.LOSSES
+        assert (term.FEATURE, term.POOL, term.IMPORTANCE, term.GRAPH, term.TAU) == (
+            "point_features",
+            "max",
+            "feature_max",
+            "sample",
+            1e-4,
+        )
+        assert term.NUM_NODES == (1500 if name.endswith("_synthetic") else 6000)
+        assert (term.STUDENT_CHANNELS, term.TEACHER_CHANNELS) == (46, 128)
+    others = {k: v for k, v in term.items() if k != "NUM_NODES"}
+    assert others == {k: v for k, v in _load("pointrcnn_kd").KD.LOSSES[0].items() if k != "NUM_NODES"}
+
+    student = _build(cfg)
+    cfg.KD.DIAGNOSE_EVERY = 1  # this step also runs the self-diagnostics (RL selection by point position)
+    distiller = build_distiller(cfg, student, student.dataset, teacher_ckpt=tmp_path / "teacher.pth")
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform([0, -10, -2], [20, 10, 0], (2, 300, 3))
+    points = [np.column_stack([np.full(300, b), xyz[b], rng.uniform(0, 1, 300)]) for b in range(2)]
+    gt = np.array([[[8.0, 0.0, -1.0, 3.9, 1.6, 1.56, 0.0, 1.0]]] * 2, dtype=np.float32)
+    batch = {"points": torch.tensor(np.concatenate(points), dtype=torch.float32), "batch_size": 2,
+             "gt_boxes": torch.from_numpy(gt)}  # fmt: skip
+    distiller.train()
+    ret, tb, _ = distiller(batch)
+    ret["loss"].backward()
+    assert torch.isfinite(ret["loss"]) and tb["kd/PointDistiller"] > 0
+    assert any(key.startswith("kd/PointDistiller/") for key in tb), sorted(tb)
+    assert student.backbone_3d.SA_modules[0].mlps[0][0].weight.grad is not None
+    with pytest.raises(KDConfigError, match="IMPORTANCE must be feature_max"):
+        cfg.KD.LOSSES[0].IMPORTANCE = "voxel_num_points"
+        build_distiller(cfg, _build(cfg), student.dataset, teacher_ckpt=tmp_path / "teacher.pth")(batch)

@@ -17,6 +17,7 @@ _CHANNEL_SOURCES = {
     "voxel_features": lambda m: m.vfe.get_output_feature_dim(),
     "spatial_features": lambda m: m.map_to_bev_module.num_bev_features,
     "spatial_features_2d": lambda m: m.backbone_2d.num_bev_features,
+    "point_features": lambda m: m.backbone_3d.num_point_features,
 }
 
 # Keys every loss accepts; each loss adds its own options in OPTIONS (name → default).

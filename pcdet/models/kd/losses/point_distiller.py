@@ -197,8 +197,9 @@ def point_distiller_loss(
 
 
 class PointDistiller(KDLoss):
-    """Registry entry ``PointDistiller``: reads voxel-level ``(V, C)`` (e.g. ``pillar_features``) or BEV
-    ``(B, C, H, W)`` features of both models. Options (defaults = the paper's PointPillars setting): see OPTIONS."""
+    """Registry entry ``PointDistiller``: reads voxel-level ``(V, C)`` (e.g. ``pillar_features``), point-level
+    ``(N, C)`` (PointRCNN's ``point_features``, with ``point_coords``) or BEV ``(B, C, H, W)`` features of both
+    models. Options (defaults = the paper's PointPillars setting): see OPTIONS."""
 
     OPTIONS = {
         "NUM_NODES": 6000,
@@ -254,6 +255,8 @@ class PointDistiller(KDLoss):
             bsz, _, height, width = teacher.shape
             node_batch = torch.arange(bsz, device=teacher.device).repeat_interleave(height * width)
             return _map_nodes(teacher), _map_nodes(student), node_batch, None
+        if "voxel_coords" not in batch.teacher and "point_coords" in batch.teacher:
+            return self._point_nodes(batch, teacher, student)
         coords = get_feature(batch.teacher, "voxel_coords", "teacher")
         counts = get_feature(batch.teacher, "voxel_num_points", "teacher")
         if teacher.dim() != 2 or teacher.shape[0] != coords.shape[0]:
@@ -267,6 +270,19 @@ class PointDistiller(KDLoss):
         teacher_rows, student_rows = rows
         self._teacher_rows = teacher_rows
         return teacher[teacher_rows], student[student_rows], coords[teacher_rows, 0].long(), counts[teacher_rows]
+
+    def _point_nodes(self, batch: KDBatch, teacher: torch.Tensor, student: torch.Tensor):
+        """Point-level features of point-based detectors (PointRCNN's ``point_features``): both models see the
+        batch's points, so row i is the same point on both sides; a point has no point count to rank by."""
+        if self.opts["IMPORTANCE"] == "voxel_num_points":
+            raise KDConfigError("PointDistiller on point features: IMPORTANCE must be feature_max or random")
+        coords = get_feature(batch.teacher, "point_coords", "teacher")
+        if teacher.dim() != 2 or teacher.shape[0] != coords.shape[0] or student.shape[0] != teacher.shape[0]:
+            raise KDConfigError(
+                f"PointDistiller: point features must be (N, C) rows of the same N points (point_coords "
+                f"{tuple(coords.shape)}): student {tuple(student.shape)}, teacher {tuple(teacher.shape)}"
+            )
+        return teacher, student, coords[:, 0].long(), None
 
     def forward(self, batch: KDBatch) -> torch.Tensor:
         teacher, student, node_batch, counts = self._nodes(batch)
@@ -306,6 +322,8 @@ class PointDistiller(KDLoss):
     def _node_positions(self, batch: KDBatch, teacher: torch.Tensor) -> torch.Tensor | None:
         """(M, 2) BEV positions in metres: a voxel's point centroid, a map cell's centre; None if unknown."""
         feature = batch.teacher[self.teacher_key]
+        if feature.dim() == 2 and "voxels" not in batch.teacher and "point_coords" in batch.teacher:
+            return batch.teacher["point_coords"][:, 1:3]  # point-level nodes: the points themselves
         if feature.dim() == 2:  # voxel-level nodes (``teacher`` is always (M, C), for maps too)
             voxels = batch.teacher["voxels"]
             counts = batch.teacher["voxel_num_points"].clamp_min(1).to(voxels.dtype)
