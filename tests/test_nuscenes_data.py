@@ -258,3 +258,14 @@ def test_training_skips_a_frame_with_a_missing_sweep_when_asked(root, tmp_path):
     sample = dataset[0]  # replaced by a readable frame
     assert sample["frame_id"] != Path(dataset.infos[0]["lidar_path"]).stem
     assert dataset.data_issues.totals()["corrupt_point_cloud"] >= 1
+
+
+def test_generator_is_deterministic(tmp_path):
+    from pcdet.datasets.synthetic.generate_nuscenes import generate_nuscenes
+
+    a = generate_nuscenes(tmp_path / "a", num_scenes=1, num_samples=2, seed=3)
+    b = generate_nuscenes(tmp_path / "b", num_scenes=1, num_samples=2, seed=3)
+    for name in TABLES:
+        assert (a / VERSION / f"{name}.json").read_bytes() == (b / VERSION / f"{name}.json").read_bytes(), name
+    files = sorted(p.relative_to(a) for p in a.glob("s*/LIDAR_TOP/*.pcd.bin"))
+    assert len(files) == 9 + 10 + 1 and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
