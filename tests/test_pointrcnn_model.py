@@ -17,6 +17,7 @@ from pcdet.config import cfg_from_yaml_file
 from pcdet.models import build_network
 from pcdet.models.backbones_3d.pointnet2_backbone import split_points_by_sample
 from pcdet.models.roi_heads.target_assigner.proposal_target_layer import ProposalTargetLayer
+from pcdet.ops.iou3d_nms.iou3d_nms_utils import boxes_iou_bev
 from pcdet.ops.roipoint_pool3d.roipoint_pool3d_utils import RoIPointPool3d
 from pcdet.utils.checkpoint_io import atomic_torch_save
 
@@ -353,3 +354,37 @@ def test_a_checkpoint_in_openpcdets_layout_loads_strictly_and_resumes(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     resumed = build_network(cfg.MODEL, 3, fake_dataset(cfg))
     assert resumed.load_params_with_optimizer(str(path), to_cpu=True) == (1856, 80)  # (it, epoch)
+
+
+def test_proposal_layer_equals_a_naive_greedy_nms_per_sample():
+    head = narrow_model().roi_head
+    rng = np.random.default_rng(2)
+    n = 60
+    centres = rng.uniform([0, -5, -1], [10, 5, 0], (2 * n, 3))
+    boxes = np.column_stack([centres, rng.uniform(1, 4, (2 * n, 3)), rng.uniform(-np.pi, np.pi, 2 * n)])
+    batch = {
+        "batch_size": 2,
+        "batch_box_preds": torch.tensor(boxes, dtype=torch.float32),
+        "batch_cls_preds": torch.tensor(rng.normal(size=(2 * n, 3)), dtype=torch.float32),
+        "batch_index": torch.arange(2).repeat_interleave(n).float(),
+    }
+    nms_cfg = EasyDict(NMS_TYPE="nms_gpu", MULTI_CLASSES_NMS=False, NMS_PRE_MAXSIZE=40, NMS_POST_MAXSIZE=30,
+                       NMS_THRESH=0.2)  # fmt: skip
+    out = head.proposal_layer(dict(batch), nms_config=nms_cfg)
+    assert "batch_index" not in out and out["has_class_labels"] is True
+    assert out["rois"].shape == (2, 30, 7) and out["roi_labels"].shape == (2, 30)
+    for b in range(2):
+        box_b, cls_b = batch["batch_box_preds"][b * n : (b + 1) * n], batch["batch_cls_preds"][b * n : (b + 1) * n]
+        scores, labels = cls_b.max(dim=1)
+        order = [int(i) for i in torch.argsort(scores, descending=True)[:40]]  # NMS_PRE_MAXSIZE candidates
+        iou = boxes_iou_bev(box_b, box_b)
+        kept = []
+        for i in order:  # greedy: drop a box overlapping a kept one by more than the threshold
+            if all(iou[i, j] <= 0.2 for j in kept):
+                kept.append(i)
+        kept = kept[:30]
+        assert 10 < len(kept) < 30  # NMS removed some, and the rest of the rows are padding
+        torch.testing.assert_close(out["rois"][b, : len(kept)], box_b[kept])
+        assert out["roi_labels"][b, : len(kept)].tolist() == (labels[kept] + 1).tolist()
+        torch.testing.assert_close(out["roi_scores"][b, : len(kept)], scores[kept])
+        assert out["rois"][b, len(kept) :].abs().sum() == 0  # padding RoIs
