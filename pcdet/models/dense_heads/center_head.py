@@ -121,11 +121,11 @@ class CenterHead(nn.Module):
         out = {"heatmaps": [], "target_boxes": [], "inds": [], "masks": []}
         for mapping in self.class_id_mapping_each_head:
             # Global label (1-based) → label within this head (1-based); 0 for other heads' classes and padding.
-            to_head = gt_boxes.new_zeros(self.num_class + 1, dtype=torch.long)
+            to_head = gt_boxes.new_zeros(len(self.class_names) + 1, dtype=torch.long)
             to_head[mapping.to(gt_boxes.device) + 1] = torch.arange(1, len(mapping) + 1, device=gt_boxes.device)
             per_sample = []
             for sample in gt_boxes:
-                head_labels = to_head[sample[:, -1].long().clamp(0, self.num_class)]
+                head_labels = to_head[sample[:, -1].long().clamp(0, len(self.class_names))]
                 boxes = sample[head_labels > 0].clone()
                 boxes[:, -1] = head_labels[head_labels > 0].to(boxes.dtype)
                 per_sample.append(
