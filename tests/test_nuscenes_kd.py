@@ -117,11 +117,25 @@ def test_kd_configs_pair_up_with_their_students():
         "cbgs_voxel0075_res3d_centerpoint_kd": (
             "cbgs_voxel0075_res3d_centerpoint_4x", "cbgs_voxel0075_res3d_centerpoint",
         ),
+        "cbgs_pp_multihead_kd_synthetic": ("cbgs_pp_multihead_2x_synthetic", "cbgs_pp_multihead_synthetic"),
+        "cbgs_voxel0075_res3d_centerpoint_kd_synthetic": (
+            "cbgs_voxel0075_res3d_centerpoint_4x_synthetic", "cbgs_voxel0075_res3d_centerpoint_synthetic",
+        ),
     }  # fmt: skip
     assert sorted(p.stem for p in CFG_DIR.glob("*_kd*.yaml")) == sorted(pairs)
     for name, (student_name, teacher_name) in pairs.items():
         cfg, student = load_cfg(f"{name}.yaml"), load_cfg(f"{student_name}.yaml")
         assert cfg.MODEL == student.MODEL and cfg.OPTIMIZATION == student.OPTIMIZATION
+        assert cfg.DATA_CONFIG == student.DATA_CONFIG == load_cfg(f"{teacher_name}.yaml").DATA_CONFIG
+        if name.endswith("_synthetic"):  # the same losses as the nuScenes twin, the same widths as its student
+            twin = load_cfg(f"{name.removesuffix('_synthetic')}.yaml")
+            assert cfg.KD.LOSSES == twin.KD.LOSSES
+            for section in ("VFE", "MAP_TO_BEV", "BACKBONE_3D", "BACKBONE_2D"):
+                assert cfg.MODEL.get(section) == twin.MODEL.get(section), (name, section)
+            head, twin_head = cfg.MODEL.DENSE_HEAD, twin.MODEL.DENSE_HEAD
+            assert {k: v for k, v in head.items() if k != "POST_PROCESSING"} == {
+                k: v for k, v in twin_head.items() if k != "POST_PROCESSING"
+            }
         assert cfg.KD.TEACHER.CFG_FILE == f"cfgs/nuscenes_models/{teacher_name}.yaml"
         epochs = load_cfg(f"{teacher_name}.yaml").OPTIMIZATION.NUM_EPOCHS
         assert (
