@@ -39,16 +39,12 @@ class PointHeadTemplate(nn.Module):
     def build_losses(self, losses_cfg) -> None:
         self.add_module("cls_loss_func", loss_utils.SigmoidFocalClassificationLoss(alpha=0.25, gamma=2.0))
         reg_loss_type = losses_cfg.get("LOSS_REG", None)
-        if reg_loss_type == "smooth-l1":
-            self.reg_loss_func = nn.SmoothL1Loss()
-        elif reg_loss_type == "l1":
-            self.reg_loss_func = nn.L1Loss()
-        elif reg_loss_type in (None, "WeightedSmoothL1Loss"):
-            self.reg_loss_func = loss_utils.WeightedSmoothL1Loss(
-                code_weights=losses_cfg.LOSS_WEIGHTS.get("code_weights", None)
-            )
-        else:
-            raise KeyError(f"LOSS_REG {reg_loss_type!r}: expected WeightedSmoothL1Loss, smooth-l1 or l1")
+        if reg_loss_type not in (None, "WeightedSmoothL1Loss"):
+            # OpenPCDet's smooth-l1 / l1 options serve heads whose losses take no per-point weights (not built here).
+            raise KeyError(f"LOSS_REG {reg_loss_type!r}: only WeightedSmoothL1Loss is supported")
+        self.reg_loss_func = loss_utils.WeightedSmoothL1Loss(
+            code_weights=losses_cfg.LOSS_WEIGHTS.get("code_weights", None)
+        )
 
     @staticmethod
     def make_fc_layers(fc_cfg: list[int], input_channels: int, output_channels: int) -> nn.Sequential:
