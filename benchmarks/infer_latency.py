@@ -20,6 +20,10 @@ pointpillar_synthetic.yaml / pointpillar_4x_synthetic.yaml (128 x 128) on synthe
 Regimes (random weights, fixed seed): ``busy`` sets the classifier bias to 0, so every anchor scores ~0.5 and the
 full ``NMS_PRE_MAXSIZE`` (4096) candidates reach NMS (the worst case); ``prior`` keeps the 0.01 prior bias, so no
 box passes the score threshold (the network alone, plus decoding).
+
+Paths: ``reference`` is the default eval forward; ``fused`` is the same model after
+``model_utils.fused_inference.enable_fused_inference`` (batch-norm folded, channels-last BEV maps, a numba PFN and
+box decoder). With both (the default) all four models run interleaved frame by frame, so before/after share a run.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from easydict import EasyDict
 from pcdet.config import cfg_from_yaml_file
 from pcdet.datasets.dataset import DatasetTemplate
 from pcdet.models import build_network, load_data_to_gpu
+from pcdet.models.model_utils.fused_inference import enable_fused_inference
 from pcdet.utils.point_cloud_io import load_points_bin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,13 +85,13 @@ def prepare_batches(cfg: EasyDict, files: list[Path]) -> tuple[DatasetTemplate, 
     return dataset, batches, load_s
 
 
-def build_model(cfg: EasyDict, dataset: DatasetTemplate, regime: str) -> torch.nn.Module:
+def build_model(cfg: EasyDict, dataset: DatasetTemplate, regime: str, path: str = "reference") -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), dataset).eval()
     if regime == "busy":
         with torch.no_grad():
             model.dense_head.conv_cls.bias.zero_()
-    return model
+    return enable_fused_inference(model, path == "fused")
 
 
 @torch.no_grad()
@@ -117,9 +122,10 @@ def bench_grid(grid: str, regime: str, args: argparse.Namespace) -> dict:
     teacher_cfg, student_cfg = (load_cfg(c) for c in GRIDS[grid])
     files = frame_files(grid, args.synthetic_root, args.kitti_root, args.frames)
     dataset, batches, load_s = prepare_batches(teacher_cfg, files)
-    teacher = build_model(teacher_cfg, dataset, regime)
-    student = build_model(student_cfg, dataset, regime)
-    models = {"teacher": teacher, "student": student}
+    models = {}
+    for path in args.paths:
+        models[f"{path}_teacher"] = build_model(teacher_cfg, dataset, regime, path)
+        models[f"{path}_student"] = build_model(student_cfg, dataset, regime, path)
     for model in models.values():  # warm-up: lazy initialisation, allocator, numba kernels
         run(model, batches[0])
     wall: dict[str, list[float]] = {name: [] for name in models}
@@ -141,11 +147,12 @@ def bench_grid(grid: str, regime: str, args: argparse.Namespace) -> dict:
         row[f"{name}_cpu_ms"] = 1000 * statistics.median(cpu[name])
         if args.stages:
             row[f"{name}_stages"] = {k: 1000 * statistics.median(s[k] for s in stages[name]) for k in stages[name][0]}
-    row["ratio"] = row["teacher_ms"] / row["student_ms"]
-    row["cpu_ratio"] = row["teacher_cpu_ms"] / row["student_cpu_ms"]
+    for path in args.paths:
+        row[f"{path}_ratio"] = row[f"{path}_teacher_ms"] / row[f"{path}_student_ms"]
+        row[f"{path}_cpu_ratio"] = row[f"{path}_teacher_cpu_ms"] / row[f"{path}_student_cpu_ms"]
     row["kept"] = candidates
     if args.profile:
-        profile_student(student, batches, args.profile)
+        profile_student(models[f"{args.paths[-1]}_student"], batches, args.profile)
     return row
 
 
@@ -169,7 +176,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--stages", action="store_true", help="also time each module (one more pass per frame)")
-    parser.add_argument("--profile", type=int, default=0, help="cProfile the student on this many frames")
+    parser.add_argument("--profile", type=int, default=0, help="cProfile the (last path's) student on this many frames")
+    parser.add_argument("--paths", nargs="+", default=["reference", "fused"], choices=["reference", "fused"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -178,27 +186,35 @@ def main() -> None:
         for regime in args.regime:
             row = bench_grid(grid, regime, args)
             rows.append(row)
-            print(
-                f"{grid}/{regime}: wall teacher {row['teacher_ms']:.1f} / student {row['student_ms']:.1f} ms = "
-                f"{row['ratio']:.2f}x; CPU {row['teacher_cpu_ms']:.1f} / {row['student_cpu_ms']:.1f} ms = "
-                f"{row['cpu_ratio']:.2f}x (max kept {row['kept']}, data {row['load_ms']:.1f} ms/frame)",
-                flush=True,
-            )
-            for name in ("teacher", "student") if args.stages else ():
+            for path in args.paths:
+                print(
+                    f"{grid}/{regime}/{path}: wall teacher {row[f'{path}_teacher_ms']:.1f} / student "
+                    f"{row[f'{path}_student_ms']:.1f} ms = {row[f'{path}_ratio']:.2f}x; CPU "
+                    f"{row[f'{path}_teacher_cpu_ms']:.1f} / {row[f'{path}_student_cpu_ms']:.1f} ms = "
+                    f"{row[f'{path}_cpu_ratio']:.2f}x (max kept {row['kept']}, data {row['load_ms']:.1f} ms/frame)",
+                    flush=True,
+                )
+            for name in models_of(args) if args.stages else ():
                 parts = ", ".join(f"{k} {v:.1f}" for k, v in row[f"{name}_stages"].items())
                 print(f"    {name} stages (CPU ms): {parts}")
 
     print(f"\ntorch {torch.__version__}, {args.threads} thread(s), batch 1, medians over {args.rounds} rounds")
     print(
-        "| grid | regime | teacher ms (wall / CPU) | student ms (wall / CPU) | ratio wall | ratio CPU | data ms/frame |"
+        "| grid | regime | path | teacher ms (wall / CPU) | student ms (wall / CPU) | ratio wall | ratio CPU | "
+        "data ms/frame |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(
-            f"| {r['grid']} | {r['regime']} | {r['teacher_ms']:.1f} / {r['teacher_cpu_ms']:.1f} | "
-            f"{r['student_ms']:.1f} / {r['student_cpu_ms']:.1f} | {r['ratio']:.2f} | {r['cpu_ratio']:.2f} | "
-            f"{r['load_ms']:.1f} |"
-        )
+        for p in args.paths:
+            print(
+                f"| {r['grid']} | {r['regime']} | {p} | {r[f'{p}_teacher_ms']:.1f} / {r[f'{p}_teacher_cpu_ms']:.1f} | "
+                f"{r[f'{p}_student_ms']:.1f} / {r[f'{p}_student_cpu_ms']:.1f} | {r[f'{p}_ratio']:.2f} | "
+                f"{r[f'{p}_cpu_ratio']:.2f} | {r['load_ms']:.1f} |"
+            )
+
+
+def models_of(args: argparse.Namespace) -> list[str]:
+    return [f"{path}_{role}" for path in args.paths for role in ("teacher", "student")]
 
 
 if __name__ == "__main__":

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from ..model_utils.fused_inference import FoldCache, fold_batchnorm, fused_active
 
 
 def _conv_bn_relu(conv: nn.Module, channels: int) -> list[nn.Module]:
     return [conv, nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01), nn.ReLU()]
+
+
+def _mkldnn_conv_relu():
+    """oneDNN's convolution with a fused ReLU (the op torch.compile uses on CPU), where this torch build has it."""
+    try:
+        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_CONV_RELU = _mkldnn_conv_relu()
 
 
 class BaseBEVBackbone(nn.Module):
@@ -58,6 +74,8 @@ class BaseBEVBackbone(nn.Module):
             # One extra stride: upsample the concatenation once more.
             self.deblocks.append(self._make_deblock(c_total, c_total, upsample_strides[-1], False))
         self.num_bev_features = c_total
+        self.fused_inference = False  # see model_utils.fused_inference
+        self._fold_cache = FoldCache()
 
     @staticmethod
     def _make_deblock(c_in: int, c_out: int, stride: float, use_conv_for_no_stride: bool) -> nn.Sequential:
@@ -72,15 +90,67 @@ class BaseBEVBackbone(nn.Module):
     def forward(self, data_dict: dict) -> dict:
         """``spatial_features (B, C, H, W)`` → ``spatial_features_2d (B, num_bev_features, H', W')``."""
         spatial_features = data_dict["spatial_features"]
+        stages = [*self.blocks, *self.deblocks]  # run(k, x): stage k, deblock i is stage len(blocks) + i
+        if fused_active(self):
+            run = self._fused_runner()
+            # oneDNN's convolutions are ~25 % faster on channels-last maps at batch 1 (no reorders per layer).
+            spatial_features = spatial_features.contiguous(memory_format=torch.channels_last)
+        else:
+
+            def run(k: int, x: torch.Tensor) -> torch.Tensor:
+                return stages[k](x)
+
         ups = []
         x = spatial_features
-        for i, block in enumerate(self.blocks):
-            x = block(x)
+        num_blocks = len(self.blocks)
+        for i in range(num_blocks):
+            x = run(i, x)
             stride = int(spatial_features.shape[2] / x.shape[2])
             data_dict[f"spatial_features_{stride}x"] = x
-            ups.append(self.deblocks[i](x) if len(self.deblocks) > 0 else x)
+            ups.append(run(num_blocks + i, x) if len(self.deblocks) > 0 else x)
         x = torch.cat(ups, dim=1) if len(ups) > 1 else ups[0]
-        if len(self.deblocks) > len(self.blocks):
-            x = self.deblocks[-1](x)
+        if len(self.deblocks) > num_blocks:
+            x = run(len(stages) - 1, x)
         data_dict["spatial_features_2d"] = x
         return data_dict
+
+    def _fused_runner(self) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """A function ``(k, x) -> y`` running stage ``k`` with every conv + BN folded into one biased conv (and a
+        ZeroPad2d(1) before an unpadded conv as the conv's own padding, the same zeros)."""
+        sources = [*self.parameters(), *self.buffers()]
+        folded = self._fold_cache.get(sources, self._fold_all)
+
+        def run(k: int, x: torch.Tensor) -> torch.Tensor:
+            for kind, weight, bias, stride, padding in folded[k]:
+                if kind == "conv" and _CONV_RELU is not None and x.device.type == "cpu":
+                    # oneDNN applies the ReLU inside the convolution: one pass less over each map.
+                    x = _CONV_RELU(x, weight, bias, padding, stride, (1, 1), 1, "relu", [], "")
+                    continue
+                if kind == "conv":
+                    x = F.conv2d(x, weight, bias, stride, padding)
+                else:
+                    x = F.conv_transpose2d(x, weight, bias, stride, padding)
+                x = F.relu_(x)
+            return x
+
+        return run
+
+    def _fold_all(self) -> list[list[tuple]]:
+        folded = []
+        for sequential in [*self.blocks, *self.deblocks]:
+            steps, pending_pad, modules = [], 0, list(sequential)
+            for i, module in enumerate(modules):
+                if isinstance(module, nn.ZeroPad2d):
+                    pending_pad = module.padding[0]
+                elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                    transposed = isinstance(module, nn.ConvTranspose2d)
+                    weight, bias = fold_batchnorm(module.weight, modules[i + 1], out_dim=1 if transposed else 0)
+                    if transposed and module.kernel_size == (1, 1) and module.stride == (1, 1):
+                        # The same map as a 1×1 convolution, which oneDNN runs ~2× faster than the transposed one.
+                        weight, transposed = weight.transpose(0, 1), False
+                    weight = weight.contiguous(memory_format=torch.channels_last)
+                    padding = (module.padding[0] + pending_pad, module.padding[1] + pending_pad)
+                    steps.append(("deconv" if transposed else "conv", weight, bias, module.stride, padding))
+                    pending_pad = 0
+            folded.append(steps)
+        return folded

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.nn as nn
 
+from ..model_utils.fused_inference import FoldCache, fused_active
+from . import fused_anchor_decode
 from .anchor_head_template import AnchorHeadTemplate
 
 
@@ -38,6 +41,8 @@ class AnchorHeadSingle(AnchorHeadTemplate):
         else:
             self.conv_dir_cls = None
         self.init_weights()
+        self.fused_inference = False  # see model_utils.fused_inference
+        self._fused_conv_cache = FoldCache()
 
     def init_weights(self) -> None:
         # Focal-loss prior: every anchor starts at foreground probability 0.01, so the loss is not swamped early.
@@ -49,6 +54,8 @@ class AnchorHeadSingle(AnchorHeadTemplate):
         """``spatial_features_2d (B, C, H, W)`` → ``batch_cls_preds``/``batch_box_preds`` (eval, or when asked in
         training); in training the targets are assigned and kept for :meth:`get_loss`."""
         spatial_features_2d = data_dict["spatial_features_2d"]
+        if fused_active(self) and spatial_features_2d.device.type == "cpu" and fused_anchor_decode.can_fuse(self):
+            return self._fused_forward(data_dict, spatial_features_2d)
         cls_preds = self.conv_cls(spatial_features_2d).permute(0, 2, 3, 1).contiguous()
         box_preds = self.conv_box(spatial_features_2d).permute(0, 2, 3, 1).contiguous()
         self.forward_ret_dict["cls_preds"] = cls_preds
@@ -72,4 +79,19 @@ class AnchorHeadSingle(AnchorHeadTemplate):
             data_dict["batch_cls_preds"] = batch_cls_preds
             data_dict["batch_box_preds"] = batch_box_preds
             data_dict["cls_preds_normalized"] = False
+        return data_dict
+
+    def _fused_forward(self, data_dict: dict, spatial_features_2d: torch.Tensor) -> dict:
+        convs = [c for c in (self.conv_cls, self.conv_box, self.conv_dir_cls) if c is not None]
+        sources = [t for c in convs for t in (c.weight, c.bias)]
+        weight, bias = self._fused_conv_cache.get(
+            sources, lambda: (torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+        )
+        cls_preds, box_preds, dir_cls_preds, batch_cls_preds, batch_box_preds = fused_anchor_decode.fused_forward(
+            self, spatial_features_2d, weight, bias
+        )
+        self.forward_ret_dict.update(cls_preds=cls_preds, box_preds=box_preds, dir_cls_preds=dir_cls_preds)
+        data_dict["batch_cls_preds"] = batch_cls_preds
+        data_dict["batch_box_preds"] = batch_box_preds
+        data_dict["cls_preds_normalized"] = False
         return data_dict

