@@ -166,5 +166,5 @@ class CenterHeatmapKD(KDLoss):
                 diff = sum((s[k] - t[k].detach()).abs().sum(dim=1, keepdim=True) for k in self.opts["REG_KEYS"])
                 reg_loss = reg_loss + (diff * weight).sum() / weight.sum().clamp_min(1e-6)
         cls_loss = cls_loss * temperature**2
-        self.parts = {"cls": float(cls_loss), "reg": float(reg_loss)}
+        self.parts = {name: float(torch.as_tensor(v).detach()) for name, v in (("cls", cls_loss), ("reg", reg_loss))}
         return float(self.opts["CLS_WEIGHT"]) * cls_loss + float(self.opts["REG_WEIGHT"]) * reg_loss
