@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .detector3d_template import Detector3DTemplate
+from .single_stage import SingleStageDetector
 
 
-class PointRCNN(Detector3DTemplate):
-    """PointNet2MSG -> PointHeadBox (segmentation + proposals) -> PointRCNNHead (RoI refinement), as in ``MODEL``."""
+class PointRCNN(SingleStageDetector):
+    """PointNet2MSG -> PointHeadBox (segmentation + proposals) -> PointRCNNHead (RoI refinement), as in ``MODEL``.
 
-    def __init__(self, model_cfg, num_class: int, dataset):
-        super().__init__(model_cfg=model_cfg, num_class=num_class, dataset=dataset)
-        self.module_list = self.build_networks()
-
-    def forward(self, batch_dict: dict):
-        """Training: ``({'loss'}, tb_dict, disp_dict)``; eval: ``(pred_dicts, recall_dict)``."""
-        for cur_module in self.module_list:
-            batch_dict = cur_module(batch_dict)
-        if self.training:
-            loss, tb_dict, disp_dict = self.get_training_loss()
-            return {"loss": loss}, tb_dict, disp_dict
-        return self.post_processing(batch_dict)
+    Both stages are modules of the list, so the forward is the single-stage one; only the loss has two parts."""
 
     def get_training_loss(self) -> tuple[torch.Tensor, dict, dict]:
         loss_point, tb_dict = self.point_head.get_loss()

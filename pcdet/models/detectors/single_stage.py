@@ -1,4 +1,5 @@
-"""Single-stage detectors: run the modules, then either the dense head's loss or post-processing."""
+"""Detectors that run their modules in order, then the loss (training) or post-processing (eval): the single-stage
+ones, and PointRCNN, whose second stage is one more module."""
 
 from __future__ import annotations
 
