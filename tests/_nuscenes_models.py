@@ -4,11 +4,11 @@ OpenPCDet reference lists, and a collated batch made by hand (voxelised points, 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import yaml
+from _model_stubs import read_keys_tsv, state_rows, stub_dataset  # noqa: F401  (re-exported for the nuScenes tests)
 from easydict import EasyDict
 
 from pcdet.config import cfg_from_yaml_file
@@ -48,32 +48,6 @@ def load_cfg(name: str) -> EasyDict:
 
 def voxel_size_of(cfg: EasyDict) -> list[float]:
     return next(p.VOXEL_SIZE for p in cfg.DATA_CONFIG.DATA_PROCESSOR if p.NAME == "transform_points_to_voxels")
-
-
-def stub_dataset(class_names, pcr, voxel, num_point_features: int = 5) -> SimpleNamespace:
-    """Exactly what build_network reads from a dataset (nuScenes points: x, y, z, intensity, time lag)."""
-    pcr = np.asarray(pcr, dtype=np.float32)
-    voxel = np.asarray(voxel, dtype=np.float32)
-    return SimpleNamespace(
-        class_names=list(class_names),
-        point_cloud_range=pcr,
-        voxel_size=voxel,
-        grid_size=np.round((pcr[3:6] - pcr[0:3]) / voxel).astype(np.int64),
-        point_feature_encoder=SimpleNamespace(num_point_features=num_point_features),
-        depth_downsample_factor=None,
-    )
-
-
-def read_keys_tsv(path: Path) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = []
-    for line in path.read_text().splitlines()[1:]:
-        key, shape, dtype = line.split("\t")
-        rows.append((key, tuple(int(s) for s in shape.split(",")) if shape else (), dtype))
-    return rows
-
-
-def state_rows(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
-    return [(k, tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()]
 
 
 def hand_batch(pcr, voxel, max_points: int, boxes_per_sample: list[np.ndarray], seed: int = 0) -> dict:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _model_stubs import read_keys_tsv, state_rows, stub_dataset  # noqa: F401  (read_keys_tsv, state_rows: used by other tests via this module)
 from easydict import EasyDict
 
 from pcdet.config import cfg_from_yaml_file
@@ -33,29 +34,8 @@ def load_cfg(name: str) -> EasyDict:
 
 
 def fake_dataset(class_names, pcr, voxel) -> SimpleNamespace:
-    """Exactly what build_network reads from a dataset."""
-    pcr = np.asarray(pcr, dtype=np.float32)
-    voxel = np.asarray(voxel, dtype=np.float32)
-    return SimpleNamespace(
-        class_names=list(class_names),
-        point_cloud_range=pcr,
-        voxel_size=voxel,
-        grid_size=np.round((pcr[3:6] - pcr[0:3]) / voxel).astype(np.int64),
-        point_feature_encoder=SimpleNamespace(num_point_features=4),
-        depth_downsample_factor=None,
-    )
-
-
-def read_keys_tsv(path: Path) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = []
-    for line in path.read_text().splitlines()[1:]:
-        key, shape, dtype = line.split("\t")
-        rows.append((key, tuple(int(s) for s in shape.split(",")) if shape else (), dtype))
-    return rows
-
-
-def state_rows(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
-    return [(k, tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()]
+    """Exactly what build_network reads from a dataset (4 point features: x, y, z, intensity)."""
+    return stub_dataset(class_names, pcr, voxel, num_point_features=4)
 
 
 def voxelize(points: np.ndarray, pcr, voxel, max_points: int, max_voxels: int) -> dict:
