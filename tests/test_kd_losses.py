@@ -15,7 +15,7 @@ from pcdet.models.kd.adapters import Adapter
 from pcdet.models.kd.feature_matching import VoxelGrid, match_voxels
 from pcdet.models.kd.knn import knn_indices
 from pcdet.models.kd.losses import KDBatch, build_kd_losses
-from pcdet.models.kd.losses.point_distiller import build_graph, point_distiller_loss
+from pcdet.models.kd.losses.point_distiller import build_graph, folded_projections, point_distiller_loss
 
 
 def _model(vfe_channels: int = 8, bev_channels: int = 6) -> nn.Module:
@@ -105,6 +105,26 @@ def test_point_distiller_equals_naive_reference(edge, pool, tau, form):
         torch.testing.assert_close(got.running_mean, want.running_mean)
         torch.testing.assert_close(got.running_var, want.running_var)
         assert int(got.num_batches_tracked) == int(want.num_batches_tracked) == 1
+
+
+def test_folded_batch_norm_matches_float64_despite_a_large_offset():
+    """Features far from zero (offset 300 against unit spread) are where E[x²] − E[x]² in float32 loses every digit;
+    the folded BN must still equal conv → BN on the materialised edges computed in float64."""
+    gen = torch.Generator().manual_seed(5)
+    nodes = 300.0 + torch.randn(400, 3, generator=gen)
+    scores = torch.rand(400, generator=gen)
+    graph = build_graph(nodes, torch.zeros(400, dtype=torch.long), scores, 150, 16, False, True, None)
+    adapter, _ = _adapters(3, 3, 5, seed=6)
+    a, b = folded_projections(adapter, nodes, graph, "identity")
+    got = a.double().unsqueeze(1) + b.double()[graph.neighbours]  # (N, K, A) pre-ReLU adapter outputs
+
+    weight = adapter.conv.weight.double().view(5, 6)  # identity edge: [neighbour, centre] · W
+    n64 = nodes.double()
+    edges = n64[graph.neighbours] @ weight[:, :3].t() + (n64[graph.queries] @ weight[:, 3:].t()).unsqueeze(1)
+    mean, var = edges.mean((0, 1)), edges.var((0, 1), unbiased=False)
+    bn = adapter.bn
+    want = (edges - mean) / torch.sqrt(var + bn.eps) * bn.weight.double() + bn.bias.double()
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-4)
 
 
 def test_point_distiller_eval_mode_uses_running_statistics():
