@@ -70,6 +70,8 @@ def runs_for(dataset: str) -> dict:
     return twins
 
 
+# The rows the claim rests on, run with every --seeds; the other rows are studies, run with --study_seeds.
+CORE_RUNS = ("teacher", "4x", "pointdistiller", "pd_frozen", "fitnet", "at", "sp", "response", "agkd")
 # Runs whose epoch checkpoints are kept for learning curves (--curves).
 CURVE_RUNS = ("teacher", "4x", "16x")
 DATA_ROOT = REPO / "data" / "synthetic_bench"  # the protocol's data (stage_runner.protocol_data)
@@ -80,7 +82,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=["synthetic", "kitti"], default="synthetic")
     parser.add_argument("--split", choices=["dev", "test"], default="test", help="where the table is evaluated")
     parser.add_argument("--runs", nargs="+", default=None, choices=list(RUNS), help="default: every run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the core rows")
+    parser.add_argument(
+        "--study_seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds of the study rows (16x, ablations, options; not " + ", ".join(CORE_RUNS) + "); default: the first"
+        " of --seeds",
+    )
     parser.add_argument("--curves", action="store_true", help="dev learning curves of " + ", ".join(CURVE_RUNS))
     parser.add_argument("--curve_every", type=int, default=2, help="curves: evaluate every N-th epoch (and the last)")
     parser.add_argument("--train_frames", type=int, default=800)
@@ -111,10 +121,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.epochs = args.epochs or (16 if args.dataset == "synthetic" else 80)
     args.teacher_epochs = args.teacher_epochs or args.epochs
     args.teacher_tag = args.teacher_tag or args.extra_tag
+    args.study_seeds = args.study_seeds if args.study_seeds is not None else args.seeds[:1]
+    unknown = sorted(set(args.study_seeds) - set(args.seeds))
+    if unknown:  # a study seed needs the teacher its core rows train
+        parser.error(f"--study_seeds {unknown} are not among --seeds {args.seeds}")
     # Resolved before main() changes into tools/.
     report = Path(args.report) if args.report else kd_report.default_report(args.dataset, args.split)
     args.report = str(report.resolve())
     return args
+
+
+def seeded(name: str, seed: int, args: argparse.Namespace) -> bool:
+    """Whether run ``name`` trains with ``seed``: core rows with every --seeds, studies with --study_seeds."""
+    return seed in args.seeds and (name in CORE_RUNS or seed in args.study_seeds)
 
 
 def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[stage_runner.Job]:
@@ -126,7 +145,7 @@ def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: s
     jobs = []
     for seed in args.seeds:
         tag = f"{args.extra_tag}_seed{seed}"
-        names = ["teacher", *(r for r in args.runs if r != "teacher")]  # the KD runs of a seed need its teacher
+        names = ["teacher", *(r for r in args.runs if r != "teacher" and seeded(r, seed, args))]  # KD needs a teacher
         for name in names:
             _, train_cfg, eval_cfg, distilled = runs[name]
 
@@ -207,14 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     runner = stage_runner.Runner(args, job_dir, train_dir, meta, threads=threads)
     runner.echo = args.parallel <= 1
     runner.show_progress = not runner.echo
-    context = kd_report.Context(args=args, runs=runs, split=args.split, started=start)
+    jobs = plan(args, runs, runner, eval_dir, args.split)
+    context = kd_report.Context(args=args, runs=runs, split=args.split, started=start, planned=len(jobs))
     results: dict = {}
 
     def record(job: stage_runner.Job) -> None:
         results[job.name] = job.result
         kd_report.write_report(context, results, Path(args.report))
 
-    trained = stage_runner.run_jobs(plan(args, runs, runner, eval_dir, args.split), args.parallel, on_done=record)
+    trained = stage_runner.run_jobs(jobs, args.parallel, on_done=record)
     if args.curves:
         curves: dict = {}
         stage_runner.run_jobs(

@@ -52,6 +52,7 @@ class Context:
     runs: dict  # name -> (label, train cfg, eval cfg, distilled)
     split: str
     started: float
+    planned: int  # (run, seed) jobs of this invocation
 
 
 def count_parameters(ckpt: str | Path) -> int:
@@ -144,7 +145,17 @@ def default_report(dataset: str, split: str) -> Path:
 
 def _command(args) -> str:
     parts = ["benchmarks/kd_benchmark.py", "--dataset", args.dataset, "--split", args.split]
-    keys = ["runs", "seeds", "epochs", "teacher_epochs", "train_frames", "dev_frames", "test_frames", "parallel"]
+    keys = [
+        "runs",
+        "seeds",
+        "study_seeds",
+        "epochs",
+        "teacher_epochs",
+        "train_frames",
+        "dev_frames",
+        "test_frames",
+        "parallel",
+    ]
     keys += ["extra_tag", "teacher_tag"]
     for key in keys:
         value = getattr(args, key)
@@ -172,7 +183,7 @@ def _data_line(args, iters: int) -> str:
 def write_report(context: Context, results: dict, out_file: Path) -> str:
     args = context.args
     wall = (time.time() - context.started) / 60
-    total = len(args.seeds) * len({"teacher", *args.runs})
+    total = context.planned
     chart = bar_chart(context, results, out_file.parent / "images" / "benchmark" / f"{out_file.stem.lower()}.png")
     iters = math.ceil(args.train_frames / (args.batch_size or 4)) * args.epochs
     lines = [

@@ -13,7 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import kd_benchmark  # noqa: E402
 from stage_runner import Job, run_jobs  # noqa: E402
 
 
@@ -39,6 +41,19 @@ def test_run_jobs_orders_by_dependency_and_runs_side_by_side():
     assert at[("start", "c")] < at[("end", "a")]  # c runs beside a
     with pytest.raises(ValueError, match="unknown"):
         run_jobs([Job("x", work("x"), after=("nope",))], parallel=1)
+
+
+def test_core_rows_take_every_seed_and_studies_the_study_seeds():
+    args = kd_benchmark.parse_args(["--seeds", "1", "2", "0"])
+    assert args.study_seeds == [1]  # default: the first seed
+    core = {name for name in args.runs if all(kd_benchmark.seeded(name, s, args) for s in (0, 1, 2))}
+    assert core == set(kd_benchmark.CORE_RUNS)
+    assert kd_benchmark.seeded("16x", 1, args) and not kd_benchmark.seeded("16x", 2, args)
+    assert not kd_benchmark.seeded("4x", 5, args)  # not a seed of this invocation at all
+    args = kd_benchmark.parse_args(["--seeds", "0", "1", "--study_seeds", "0", "1"])
+    assert all(kd_benchmark.seeded("ld_only", s, args) for s in (0, 1))
+    with pytest.raises(SystemExit):  # a study seed without its core rows would have no teacher
+        kd_benchmark.parse_args(["--seeds", "0", "--study_seeds", "3"])
 
 
 def test_run_jobs_stops_scheduling_after_a_failure():
