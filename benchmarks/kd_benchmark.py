@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     runner.echo = args.parallel <= 1
     runner.show_progress = not runner.echo
     jobs = plan(args, runs, runner, eval_dir, args.split)
-    context = kd_report.Context(args=args, runs=runs, split=args.split, started=start, planned=len(jobs))
+    context = kd_report.Context(
+        args=args, runs=runs, split=args.split, started=start, planned=len(jobs), code=kd_report.code_version()
+    )
     results: dict = {}
 
     def record(job: stage_runner.Job) -> None:

@@ -8,6 +8,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -53,6 +54,24 @@ class Context:
     split: str
     started: float
     planned: int  # (run, seed) jobs of this invocation
+    code: str  # code_version() when the invocation started
+
+
+def code_version(repo: Path = REPO) -> str:
+    """The checkout's commit, marked when tracked files differ from it: what a table's numbers were produced by."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
 
 
 def count_parameters(ckpt: str | Path) -> int:
@@ -197,8 +216,8 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
         "## Results",
         "",
         f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {args.parallel} runs "
-        f"side by side; wall time of this invocation {wall:.0f} min. {_data_line(args, iters)} Seed s: teacher "
-        "trained with seed s, the seed-s students distil from it.",
+        f"side by side; code: {context.code}; wall time of this invocation {wall:.0f} min. {_data_line(args, iters)} "
+        "Seed s: teacher trained with seed s, the seed-s students distil from it.",
         "",
         f"KITTI moderate R40 AP on the **{context.split}** split, mean ± sample std over the seeds a row holds. "
         "Latency: test.py --infer_time, batch 1, measured while another run shared the CPU (indicative only).",
