@@ -57,21 +57,24 @@ class Context:
     code: str  # code_version() when the invocation started
 
 
+CODE_DIRS = ("pcdet", "tools", "benchmarks")
+
+
 def code_version(repo: Path = REPO) -> str:
-    """The checkout's commit, marked when tracked files differ from it: what a table's numbers were produced by."""
+    """The checkout's commit, marked when its code (not the docs a report rewrites) differs: what produced a table."""
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", *CODE_DIRS],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
-    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
+    return f"commit {commit}" + (f" with uncommitted changes in {', '.join(CODE_DIRS)}" if changed else "")
 
 
 def count_parameters(ckpt: str | Path) -> int:
