@@ -139,7 +139,8 @@ def seeded(name: str, seed: int, args: argparse.Namespace) -> bool:
 def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[stage_runner.Job]:
     """One job per (run, seed): train (after the seed's teacher when distilled), then evaluate on ``eval_dir``.
 
-    The curve runs keep every epoch checkpoint whatever the split, so that a later ``--curves`` finds them
+    Jobs are listed core rows first (seed by seed), then the studies. The curve runs keep every epoch checkpoint
+    whatever the split, so that a later ``--curves`` finds them
     (and their stage keys, which include the command, do not change)."""
     teacher_ckpts: dict[int, Path] = {}
     jobs = []
@@ -162,7 +163,8 @@ def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: s
 
             after = (f"teacher/seed{seed}",) if distilled else ()
             jobs.append(stage_runner.Job(f"{name}/seed{seed}", job, after))
-    return jobs
+    # Every seed's core rows before any study: the claim's table fills first when a budget ends early.
+    return sorted(jobs, key=lambda job: job.name.split("/")[0] not in CORE_RUNS)
 
 
 def curve_jobs(args, runner: stage_runner.Runner, dev_dir: Path, trained: dict) -> list[stage_runner.Job]:

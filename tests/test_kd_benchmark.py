@@ -56,6 +56,14 @@ def test_core_rows_take_every_seed_and_studies_the_study_seeds():
         kd_benchmark.parse_args(["--seeds", "0", "--study_seeds", "3"])
 
 
+def test_plan_lists_every_core_row_before_the_studies():
+    args = kd_benchmark.parse_args(["--seeds", "1", "2", "0"])
+    names = [job.name for job in kd_benchmark.plan(args, kd_benchmark.RUNS, None, Path("unused"), "test")]
+    is_core = [name.split("/")[0] in kd_benchmark.CORE_RUNS for name in names]
+    assert is_core == sorted(is_core, reverse=True)  # all True, then all False
+    assert len(names) == 3 * len(kd_benchmark.CORE_RUNS) + len(kd_benchmark.RUNS) - len(kd_benchmark.CORE_RUNS)
+
+
 def test_run_jobs_stops_scheduling_after_a_failure():
     ran = []
 
