@@ -56,11 +56,25 @@ RUNS = {
 }
 
 
+# Dev-only weight screen of the baselines (KD weight ÷ 10 and × 10; docs/KD_STUDY.md): chosen from on dev, so never
+# in a test table, and not in the default run list.
+SCREEN_RUNS = {
+    f"{name}_{tag}": (
+        f"{RUNS[name][0]}, weight {word}",
+        f"pointpillar_kd_{name}_{tag}_synthetic.yaml",
+        STUDENT_4X,
+        True,
+    )
+    for name in ("fitnet", "at", "sp", "response", "agkd")
+    for tag, word in (("wdiv10", "÷ 10"), ("wmul10", "× 10"))
+}
+
+
 def runs_for(dataset: str) -> dict:
     """The run table of a data set: real KITTI uses each synthetic config's KITTI twin (the paper's configs, e.g.
     pointpillar.yaml for pointpillar_synthetic.yaml); synthetic-only option studies have none and are left out."""
     if dataset == "synthetic":
-        return RUNS
+        return RUNS | SCREEN_RUNS
     cfg_dir = REPO / "tools" / "cfgs" / "kitti_models"
     twins = {}
     for name, (label, train_cfg, eval_cfg, distilled) in RUNS.items():
@@ -81,7 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["synthetic", "kitti"], default="synthetic")
     parser.add_argument("--split", choices=["dev", "test"], default="test", help="where the table is evaluated")
-    parser.add_argument("--runs", nargs="+", default=None, choices=list(RUNS), help="default: every run")
+    parser.add_argument(
+        "--runs", nargs="+", default=None, choices=[*RUNS, *SCREEN_RUNS], help="default: every run but the screens"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the core rows")
     parser.add_argument(
         "--study_seeds",
@@ -105,13 +121,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="data-loader workers per run")
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs side by side")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / --parallel)")
     parser.add_argument("--extra_tag", type=str, default="bench")
     parser.add_argument("--output_root", type=str, default=None)
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs")
     parser.add_argument("--report", type=str, default=None, help="default: docs/BENCHMARK.md (test) / _dev.md")
     args = parser.parse_args(argv)
     table = runs_for(args.dataset)
-    args.runs = args.runs or list(table)
+    args.runs = args.runs or [name for name in table if name not in SCREEN_RUNS]
+    if args.split == "test" and set(args.runs) & set(SCREEN_RUNS):
+        parser.error("the weight-screen runs are dev-only (a choice is made from them): use --split dev")
     missing = [r for r in args.runs if r not in table]
     if missing:
         parser.error(f"runs without a {args.dataset} config: {', '.join(missing)}")
@@ -224,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     train_dir, eval_dir, meta = prepare(args, runs)
     out_root = Path(args.output_root).resolve() if args.output_root else REPO / "output"
     job_dir = out_root / "kd_benchmark" / args.extra_tag
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.parallel))
     runner = stage_runner.Runner(args, job_dir, train_dir, meta, threads=threads)
     runner.echo = args.parallel <= 1
     runner.show_progress = not runner.echo

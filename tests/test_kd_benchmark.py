@@ -56,6 +56,17 @@ def test_core_rows_take_every_seed_and_studies_the_study_seeds():
         kd_benchmark.parse_args(["--seeds", "0", "--study_seeds", "3"])
 
 
+def test_weight_screens_are_dev_only_and_not_default():
+    screens = set(kd_benchmark.SCREEN_RUNS)
+    assert {"fitnet_wdiv10", "agkd_wmul10"} <= screens
+    assert not screens & set(kd_benchmark.parse_args([]).runs)
+    assert kd_benchmark.parse_args(["--split", "dev", "--runs", "fitnet_wmul10"]).runs == ["fitnet_wmul10"]
+    with pytest.raises(SystemExit):
+        kd_benchmark.parse_args(["--split", "test", "--runs", "4x", "fitnet_wmul10"])
+    for _, train_cfg, _, _ in kd_benchmark.SCREEN_RUNS.values():  # each screen config exists
+        assert (REPO / "tools" / "cfgs" / "kitti_models" / train_cfg).is_file()
+
+
 def test_plan_lists_every_core_row_before_the_studies():
     args = kd_benchmark.parse_args(["--seeds", "1", "2", "0"])
     names = [job.name for job in kd_benchmark.plan(args, kd_benchmark.RUNS, None, Path("unused"), "test")]
