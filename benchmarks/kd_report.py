@@ -39,6 +39,12 @@ PROTOCOL = """## Protocol
   student distils from it with the same seed, so a student and its distilled twin see the same data order and their
   difference is paired. Students and teachers have the same schedule (`--epochs`) unless `--teacher_epochs` sets
   the teachers' apart (the short-schedule screen of docs/KD_STUDY.md: students 4 epochs, teachers 16).
+- **Tuning budget**: every KD method gets a dev screen at the 4-epoch budget (seed 0) before its test rows:
+  PointDistiller four variants (paper settings, frozen teacher adapter, per-sample graphs, BEV features), each
+  baseline its KD weight ÷ 10, × 1 and × 10 (`--runs <baseline>_wdiv10 <baseline>_wmul10`, dev only); the best on
+  dev 3D mAP is what the test table runs.
+- **Core rows and studies**: teacher, 4x, PointDistiller (paper and the chosen variant) and the five baselines run
+  on every `--seeds`; 16x, ablations and option studies on `--study_seeds` (default: the first seed).
 - **Metric**: KITTI moderate R40 AP (the official-devkit-equivalent evaluator), BEV and 3D, per class and the
   3-class mean; mean ± sample std over seeds; for distilled runs the seed-paired difference to the plain student of
   the same width, and whether its mean exceeds twice its sample std.
