@@ -24,11 +24,12 @@ from PIL import Image
 
 from . import GENERATOR_VERSION
 from .calib import IMAGE_SHAPE, calib_to_text, lidar_to_rect, sample_calib
+from .ground import ground_height
 from .labels import build_labels, label_text
 from .lidar import LidarSpec
 from .raycast import angular_bounds
 from .render import render_image
-from .scene import build_scene, ground_height
+from .scene import build_scene
 from .sensor import simulate_scan
 
 _SPEC = LidarSpec()

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .calib import IMAGE_HEIGHT, IMAGE_WIDTH, lidar_to_rect, rect_to_image
+from .object_models import LABELLED_CLASSES
 from .raycast import visibility
 
 NEAR_PLANE = 0.1
@@ -115,8 +116,6 @@ def build_labels(
     ``label_range`` = (x_min, y_min, x_max, y_max) in LiDAR BEV: objects whose centre lies outside become DontCare,
     so a data set made for a detector with a smaller point-cloud range does not count unreachable objects as misses
     (as KITTI's annotators marked far objects DontCare)."""
-    from .scene import LABELLED_CLASSES
-
     candidates = []
     for idx, obj in enumerate(scene.objects):
         if obj.name not in LABELLED_CLASSES:

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ground import ground_height
 from .lidar import SENSOR_HEIGHT, LidarSpec
-from .raycast import F_COS, F_CX, F_CY, F_CZ, F_SIN
-from .scene import Scene, SceneBuilder, build_scene, ground_height
+from .object_models import add_bicycle_parts, add_clutter_box, add_pedestrian, add_pole, add_vehicle
+from .raycast import BOX, F_COS, F_CX, F_CY, F_CZ, F_SIN
+from .scene import Scene, build_scene
+from .scene_builder import SceneBuilder
 from .sensor import simulate_scan
 
 # 32 beams from +10.67 to -30.67 deg (1.33 deg apart), ~1084 azimuth steps per 20 Hz spin, ~70 m useful range.
@@ -142,7 +145,7 @@ def _add_nuscenes_objects(b: SceneBuilder, road, rng: np.random.Generator) -> No
         else:  # parked at the kerb
             u, yaw = road.u_right + dims[1] / 2 + 0.3, phi
         x, y = road.to_world(rng.uniform(10.0, s_max), u + rng.normal(0, 0.15))
-        return _rename_last(b, b.vehicle(x, y, yaw + rng.normal(0, 0.03), dims, van=True), name)
+        return _rename_last(b, add_vehicle(b, x, y, yaw + rng.normal(0, 0.03), dims, van=True), name)
 
     truck = (rng.uniform(6, 9), rng.uniform(2.3, 2.6), 3.0)
     tries(1 + int(rng.random() < 0.5), lambda: big_vehicle("truck", truck, 45.0))
@@ -153,7 +156,7 @@ def _add_nuscenes_objects(b: SceneBuilder, road, rng: np.random.Generator) -> No
         kerb = road.u_left if side > 0 else road.u_right
         walk = road.sidewalk_left if side > 0 else road.sidewalk_right
         x, y = road.to_world(rng.uniform(8.0, 35.0), kerb + side * (walk + w / 2 + rng.uniform(0.5, 3.0)))
-        return b.clutter_box(name, x, y, phi + rng.normal(0, 0.1), l, w, h, "paint", z0=z0)
+        return add_clutter_box(b, name, x, y, phi + rng.normal(0, 0.1), l, w, h, "paint", z0=z0)
 
     tries(1, lambda: off_road_box("trailer", rng.uniform(7, 11), 2.5, rng.uniform(3.2, 3.8), 0.6))
     tries(1, lambda: off_road_box("construction_vehicle", 6.0, 2.8, 3.2, 0.3))
@@ -168,15 +171,18 @@ def _add_nuscenes_objects(b: SceneBuilder, road, rng: np.random.Generator) -> No
             if sum(bool(make(*road.to_world(s0 + i * spacing, u))) for i in range(n)):
                 return
 
-    row(int(rng.integers(3, 6)), 2.8, lambda x, y: b.clutter_box(
-        "barrier", x, y, phi + math.pi / 2, 0.5, 2.5, 1.0, "concrete", margin=0.05))  # fmt: skip
-    row(int(rng.integers(3, 7)), 2.0, lambda x, y: b.pole(x, y, 0.16, 0.75, material="retro", name="traffic_cone"))
+    row(
+        int(rng.integers(3, 6)),
+        2.8,
+        lambda x, y: add_clutter_box(b, "barrier", x, y, phi + math.pi / 2, 0.5, 2.5, 1.0, "concrete", margin=0.05),
+    )
+    row(int(rng.integers(3, 7)), 2.0, lambda x, y: add_pole(b, x, y, 0.16, 0.75, material="retro", name="traffic_cone"))
 
     def pedestrian() -> bool:
         side = 1.0 if rng.random() < 0.5 else -1.0
         kerb = road.u_left if side > 0 else road.u_right
         x, y = road.to_world(rng.uniform(6.0, 30.0), kerb + side * rng.uniform(0.5, 1.5))
-        return b.pedestrian(x, y, phi + rng.normal(0, 0.2), (0.7, 0.62, 1.75), walking=True)
+        return add_pedestrian(b, x, y, phi + rng.normal(0, 0.2), (0.7, 0.62, 1.75), walking=True)
 
     if not any(o.name == "Pedestrian" for o in b.objects):  # rural scenes may have none
         tries(2, pedestrian)
@@ -195,9 +201,9 @@ def _add_nuscenes_objects(b: SceneBuilder, road, rng: np.random.Generator) -> No
             return False
         start = b.begin_object()
         pose = b.pose(x, y, yaw)
-        b.bicycle(pose, l, w, max(h, 1.0), rider=rider)
+        add_bicycle_parts(b, pose, l, w, max(h, 1.0), rider=rider)
         if name == "motorcycle":  # engine and tank
-            b.part(0, pose, 0.0, 0.0, 0.3, 0.8, 0.45, 0.2, "metal")
+            b.part(BOX, pose, 0.0, 0.0, 0.3, 0.8, 0.45, 0.2, "metal")
         b.end_object(_RIDDEN_MOTORCYCLE if rider and name == "motorcycle" else name, start, x, y, pose[2], l, w, h, yaw)
         return True
 

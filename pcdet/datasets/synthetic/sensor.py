@@ -7,8 +7,9 @@ from numba import njit
 
 from . import raycast
 from .lidar import LidarSpec, scan_windows
+from .materials import MATERIAL_DROPOUT
 from .raycast import N_FIELDS
-from .scene import MATERIAL_DROPOUT, Scene
+from .scene import Scene
 
 
 @njit(cache=True)
