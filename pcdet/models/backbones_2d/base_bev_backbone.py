@@ -7,24 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..model_utils.fused_inference import FoldCache, fold_batchnorm, fused_active
+from ..model_utils.fused_inference import FoldCache, FoldedConvReLU, fold_conv_bn_relu, fused_active
 
 
 def _conv_bn_relu(conv: nn.Module, channels: int) -> list[nn.Module]:
     return [conv, nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01), nn.ReLU()]
-
-
-def _mkldnn_conv_relu():
-    """oneDNN's convolution with a fused ReLU (the op torch.compile uses on CPU), where this torch build has it."""
-    try:
-        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_CONV_RELU = _mkldnn_conv_relu()
 
 
 class BaseBEVBackbone(nn.Module):
@@ -115,27 +103,19 @@ class BaseBEVBackbone(nn.Module):
         return data_dict
 
     def _fused_runner(self) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """A function ``(k, x) -> y`` running stage ``k`` with every conv + BN folded into one biased conv (and a
-        ZeroPad2d(1) before an unpadded conv as the conv's own padding, the same zeros)."""
+        """A function ``(k, x) -> y`` running stage ``k`` (a block, then the deblocks) with every conv + BN + ReLU
+        folded into one biased convolution with the ReLU fused (``fold_conv_bn_relu``), transposed deblocks too."""
         sources = [*self.parameters(), *self.buffers()]
         folded = self._fold_cache.get(sources, self._fold_all)
 
         def run(k: int, x: torch.Tensor) -> torch.Tensor:
-            for kind, weight, bias, stride, padding in folded[k]:
-                if kind == "conv" and _CONV_RELU is not None and x.device.type == "cpu":
-                    # oneDNN applies the ReLU inside the convolution: one pass less over each map.
-                    x = _CONV_RELU(x, weight, bias, padding, stride, (1, 1), 1, "relu", [], "")
-                    continue
-                if kind == "conv":
-                    x = F.conv2d(x, weight, bias, stride, padding)
-                else:
-                    x = F.conv_transpose2d(x, weight, bias, stride, padding)
-                x = F.relu_(x)
+            for step in folded[k]:
+                x = step(x)
             return x
 
         return run
 
-    def _fold_all(self) -> list[list[tuple]]:
+    def _fold_all(self) -> list[list[FoldedConvReLU]]:
         folded = []
         for sequential in [*self.blocks, *self.deblocks]:
             steps, pending_pad, modules = [], 0, list(sequential)
@@ -143,14 +123,8 @@ class BaseBEVBackbone(nn.Module):
                 if isinstance(module, nn.ZeroPad2d):
                     pending_pad = module.padding[0]
                 elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                    transposed = isinstance(module, nn.ConvTranspose2d)
-                    weight, bias = fold_batchnorm(module.weight, modules[i + 1], out_dim=1 if transposed else 0)
-                    if transposed and module.kernel_size == (1, 1) and module.stride == (1, 1):
-                        # The same map as a 1×1 convolution, which oneDNN runs ~2× faster than the transposed one.
-                        weight, transposed = weight.transpose(0, 1), False
-                    weight = weight.contiguous(memory_format=torch.channels_last)
-                    padding = (module.padding[0] + pending_pad, module.padding[1] + pending_pad)
-                    steps.append(("deconv" if transposed else "conv", weight, bias, module.stride, padding))
+                    # Every conv here is followed by its BatchNorm2d and a ReLU (_conv_bn_relu).
+                    steps.append(fold_conv_bn_relu(module, modules[i + 1], extra_padding=pending_pad))
                     pending_pad = 0
             folded.append(steps)
         return folded
