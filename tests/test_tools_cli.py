@@ -67,6 +67,15 @@ def test_test_accepts_every_openpcdet_flag():
     assert test_tool.build_parser().parse_args(["--cfg_file", "x"]).max_waiting_mins == 30
 
 
+@pytest.mark.parametrize("tool", [train_tool, test_tool])
+def test_fused_inference_is_the_default_and_no_fused_inference_opts_out(tool, capsys):
+    assert tool.build_parser().parse_args(["--cfg_file", "x"]).no_fused_inference is False
+    assert tool.build_parser().parse_args(["--cfg_file", "x", "--no_fused_inference"]).no_fused_inference is True
+    with pytest.raises(SystemExit):
+        tool.build_parser().parse_args(["--help"])
+    assert "--no_fused_inference" in capsys.readouterr().out
+
+
 def test_test_without_ckpt_or_eval_all_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         test_tool.parse_config(["--cfg_file", str(TOOLS / "cfgs/kitti_models/pointpillar.yaml")])
@@ -138,6 +147,7 @@ def test_test_py_on_a_checkpoint_writes_result_pkl_and_the_kitti_table(tiny_run)
     log = log_file.read_text()
     assert "Car AP@0.70, 0.70, 0.70:" in log and "Cyclist AP_R40@0.50, 0.25, 0.25:" in log
     assert "ms/frame" in log and "recall_roi_0.3:" in log
+    assert "Inference path: fused eval path" in log  # the default
     metrics = json.loads((eval_dir / "result_metrics.json").read_text())
     assert 0.0 <= metrics["Car_3d/moderate_R40"] <= 100.0 and metrics["infer_time_ms"] > 0
     assert f"{metrics['Car_3d/moderate_R40']:.4f}" in log  # the same number as the printed table
@@ -168,6 +178,26 @@ def test_eval_all_sweeps_new_checkpoints_once(tiny_run, tmp_path):
     assert (tmp_path / "eval_list_val.txt").read_text().split() == ["2", "1"]
 
 
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_evaluation_runs_fused_unless_opted_out_and_gives_the_flags_back(tiny_run, tmp_path, opt_out):
+    from eval_utils.eval_utils import eval_one_epoch
+
+    from pcdet.models.model_utils.fused_inference import fused_active
+    from pcdet.utils import common_utils
+
+    model = tiny_run.model
+    seen = []
+    hook = model.backbone_2d.register_forward_pre_hook(lambda module, _: seen.append(fused_active(module)))
+    args = Namespace(save_to_file=False, infer_time=False, no_fused_inference=opt_out)
+    try:
+        eval_one_epoch(tiny_run.cfg, args, model, tiny_run.loader, 1, common_utils.create_logger(), result_dir=tmp_path)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {not opt_out}
+    # Back as it came: training (or a KD teacher's no-grad eval forward) after an evaluation is not fused.
+    assert not any(getattr(m, "fused_inference", False) for m in model.modules())
+
+
 # ------------------------------------------------------------------------------------------------ demo + drawing
 def test_demo_writes_a_bev_png_per_frame_with_ground_truth(tiny_run, tmp_path):
     velodyne = tiny_dataset() / "training" / "velodyne"
@@ -192,6 +222,13 @@ def test_demo_writes_a_bev_png_per_frame_with_ground_truth(tiny_run, tmp_path):
     labels = (tiny_dataset() / "training" / "label_2" / "000000.txt").read_text().splitlines()
     n_gt = sum(1 for line in labels if not line.startswith("DontCare"))
     assert f"000000.bin: 0 predictions, {n_gt} ground-truth boxes" in proc.stderr  # random weights: no scores > 0.1
+    assert "Inference path: fused eval path" in proc.stderr
+
+
+def test_demo_documents_no_fused_inference(capsys):
+    with pytest.raises(SystemExit):
+        demo_tool.parse_config(["--help"])
+    assert "--no_fused_inference" in capsys.readouterr().out
 
 
 def test_demo_ground_truth_boxes_match_the_dataset_infos(tiny_run):

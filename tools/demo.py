@@ -6,6 +6,7 @@
 ``--data_path`` is one ``.bin`` (float32 x, y, z, intensity) / ``.npy`` file or a folder of them. Ground truth is
 drawn when a KITTI label file for the frame (``--label_path``: a file or a folder of ``<frame>.txt``) and its
 calibration (``calib/<frame>.txt`` next to the label or velodyne folder) exist. Pictures go to ``--out_dir``.
+The detector runs its fused eval path (``--no_fused_inference``: the reference forward; same boxes up to round-off).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 import _init_path  # noqa: F401  (repo root on sys.path)
 import numpy as np
 import torch
-from train_utils.experiment import load_experiment_config
+from train_utils.experiment import add_fused_inference_flag, load_experiment_config
 from visual_utils.bev_plot import render_bev, save_bev
 
 from pcdet.config import cfg
 from pcdet.datasets import DatasetTemplate
 from pcdet.models import build_network, default_device, load_data_to_gpu
+from pcdet.models.model_utils.fused_inference import fused_inference_scope
 from pcdet.utils import box_utils, calibration_kitti, common_utils, object3d_kitti
 from pcdet.utils.cli import run_tool
 from pcdet.utils.point_cloud_io import PointCloudError, load_points_bin
@@ -96,6 +98,7 @@ def parse_config(argv: list[str] | None = None):
     parser.add_argument("--label_path", type=str, default=None, help="KITTI label file or label_2 folder")
     parser.add_argument("--out_dir", type=str, default="demo_output", help="where the PNGs go")
     parser.add_argument("--score_thresh", type=float, default=None, help="hide predictions below this score")
+    add_fused_inference_flag(parser, "run the detector")
     parser.add_argument("--debug", action="store_true", help="full tracebacks on the console for input errors")
     parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     label_path = Path(args.label_path) if args.label_path else None
 
     written = []
-    with torch.no_grad():
+    fused = not args.no_fused_inference
+    logger.info(f"Inference path: {'fused eval path' if fused else 'reference eval path (--no_fused_inference)'}")
+    with torch.no_grad(), fused_inference_scope(model, fused):
         for idx, data_dict in enumerate(dataset):
             frame = dataset.files[idx]
             batch = load_data_to_gpu(dataset.collate_batch([data_dict]), device=next(model.parameters()).device)

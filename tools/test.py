@@ -5,6 +5,8 @@
 
 Writes ``output/<EXP_GROUP_PATH>/<TAG>/<extra_tag>/eval/epoch_N/<split>/<eval_tag>/result.pkl`` and logs the
 KITTI table. A KD config evaluates its student (the ``KD`` block is ignored): a distilled checkpoint is a plain one.
+Evaluation runs the fused eval path (batch-norm folded, fused kernels; equal up to float round-off);
+``--no_fused_inference`` runs the reference forward instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from eval_utils.eval_utils import eval_single_ckpt, repeat_eval_ckpt
 from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
 from train_utils.experiment import (
     ToolError,
+    add_fused_inference_flag,
     default_workers,
     experiment_output_dir,
     load_experiment_config,
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_dir", type=str, default=None, help="--eval_all: checkpoint directory")
     parser.add_argument("--save_to_file", action="store_true", default=False, help="write KITTI .txt predictions")
     parser.add_argument("--infer_time", action="store_true", default=False, help="report ms per frame")
+    add_fused_inference_flag(parser, "evaluate")
     parser.add_argument(
         "--output_root", type=str, default=None, help="replaces <repo>/output as the root of the output layout"
     )

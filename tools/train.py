@@ -5,7 +5,8 @@
 
 Output: ``output/<EXP_GROUP_PATH>/<TAG>/<extra_tag>/{ckpt/, tensorboard/, eval/, train_<time>.log}``. Without
 ``--ckpt`` a run resumes from the newest readable checkpoint in its ``ckpt/``; after training the last
-``--num_epochs_to_eval`` checkpoints are evaluated on the test split.
+``--num_epochs_to_eval`` checkpoints are evaluated on the test split, on the fused eval path unless
+``--no_fused_inference`` (training itself never runs it; the evaluation restores the model's flags afterwards).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tensorboardX import SummaryWriter
 from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
 from train_utils.experiment import (
     ToolError,
+    add_fused_inference_flag,
     default_workers,
     experiment_output_dir,
     load_experiment_config,
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip_eval", action="store_true", default=False, help="no evaluation after training (test.py runs separately)"
     )
     parser.add_argument("--save_to_file", action="store_true", default=False, help="write KITTI .txt predictions")
+    add_fused_inference_flag(parser, "post-training evaluation")
     parser.add_argument(
         "--use_tqdm_to_record",
         action="store_true",

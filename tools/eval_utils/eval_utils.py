@@ -17,6 +17,7 @@ from train_utils.experiment import ToolError
 
 from pcdet.datasets.data_issues import log_data_issue_totals
 from pcdet.models import load_data_to_gpu
+from pcdet.models.model_utils.fused_inference import fused_inference_scope
 from pcdet.utils import common_utils
 from pcdet.utils.checkpoint_io import atomic_write_bytes
 
@@ -60,12 +61,16 @@ def eval_one_epoch(
 
     Under ``dist_test`` each rank predicts its shard of the sampler and rank 0 gathers them back into dataset order,
     every frame exactly once. Returns the metrics (recall and the dataset's result dict) on rank 0, ``{}`` elsewhere.
-    ``args`` supplies ``save_to_file`` (KITTI .txt files under ``final_result/data``) and ``infer_time``.
+    ``args`` supplies ``save_to_file`` (KITTI .txt files under ``final_result/data``), ``infer_time`` and
+    ``no_fused_inference``. Without the latter the model runs its fused eval path (batch-norm folded into the
+    convolutions, fused kernels; equal to the reference forward up to float round-off) for this call only: the
+    flags are restored afterwards, so a model that trains again (or serves as a KD teacher) is never left fused.
     """
     result_dir = Path(result_dir if result_dir is not None else ".")
     result_dir.mkdir(parents=True, exist_ok=True)
     save_to_file = bool(getattr(args, "save_to_file", False))
     infer_time = bool(getattr(args, "infer_time", False))
+    fused = not bool(getattr(args, "no_fused_inference", False))
     final_output_dir = result_dir / "final_result" / "data" if save_to_file else None
     if final_output_dir is not None:
         final_output_dir.mkdir(parents=True, exist_ok=True)
@@ -85,34 +90,39 @@ def eval_one_epoch(
 
     issues_before = dataset.data_issues.totals() if hasattr(dataset, "data_issues") else None
     logger.info(f"*************** EPOCH {epoch_id} EVALUATION *****************")
+    path_name = "fused eval path" if fused else "reference eval path (--no_fused_inference)"
+    logger.info(f"Inference path: {path_name}")
     model.eval()
     pbar = tqdm.tqdm(total=len(dataloader), leave=True, desc="eval", dynamic_ncols=True) if rank == 0 else None
     start = time.time()
-    try:  # the bar is closed however the loop ends: an error message then starts on its own line
-        for i, batch_dict in enumerate(dataloader):
-            load_data_to_gpu(batch_dict, device=device)
-            _synchronize(device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                pred_dicts, ret_dict = model(batch_dict)
-            _synchronize(device)
-            # The first batch pays for lazy initialisation (kernels, allocator); leave it out when there are others.
-            if i > 0 or len(dataloader) == 1:
-                forward_ms.append((time.perf_counter() - t0) * 1000.0)
-                frames_timed += batch_dict["batch_size"]
-            disp_dict: dict = {}
-            statistics_info(cfg, ret_dict, metric, disp_dict)
-            det_annos += dataset.generate_prediction_dicts(
-                batch_dict, pred_dicts, class_names, output_path=final_output_dir
-            )
+    # The bar is closed however the loop ends (an error message then starts on its own line), and the scope gives
+    # the model back with the fused-inference flags it came with.
+    with fused_inference_scope(model, fused):
+        try:
+            for i, batch_dict in enumerate(dataloader):
+                load_data_to_gpu(batch_dict, device=device)
+                _synchronize(device)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    pred_dicts, ret_dict = model(batch_dict)
+                _synchronize(device)
+                # The first batch pays for lazy initialisation (kernels, allocator, folding): left out if not alone.
+                if i > 0 or len(dataloader) == 1:
+                    forward_ms.append((time.perf_counter() - t0) * 1000.0)
+                    frames_timed += batch_dict["batch_size"]
+                disp_dict: dict = {}
+                statistics_info(cfg, ret_dict, metric, disp_dict)
+                det_annos += dataset.generate_prediction_dicts(
+                    batch_dict, pred_dicts, class_names, output_path=final_output_dir
+                )
+                if pbar is not None:
+                    if infer_time and frames_timed:
+                        disp_dict["infer_time"] = f"{sum(forward_ms) / frames_timed:.1f}ms"
+                    pbar.set_postfix(disp_dict)
+                    pbar.update()
+        finally:
             if pbar is not None:
-                if infer_time and frames_timed:
-                    disp_dict["infer_time"] = f"{sum(forward_ms) / frames_timed:.1f}ms"
-                pbar.set_postfix(disp_dict)
-                pbar.update()
-    finally:
-        if pbar is not None:
-            pbar.close()
+                pbar.close()
 
     if dist_test:
         det_annos = common_utils.merge_results_dist(det_annos, len(dataset), tmpdir=result_dir / "tmpdir")
@@ -133,7 +143,9 @@ def eval_one_epoch(
     ret_dict: dict = {}
     if infer_time:
         mean_ms = total_ms / max(frames_timed, 1)
-        logger.info(f"Inference time: {mean_ms:.2f} ms/frame (mean over {frames_timed} frames, model forward only)")
+        logger.info(
+            f"Inference time: {mean_ms:.2f} ms/frame (mean over {frames_timed} frames, model forward only, {path_name})"
+        )
         ret_dict["infer_time_ms"] = mean_ms
 
     gt_num = metric["gt_num"]

@@ -3,6 +3,7 @@ Their input errors become one ``error: ...`` line through :func:`pcdet.utils.cli
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -21,6 +22,18 @@ class ToolError(InputError, RuntimeError):
 def default_workers() -> int:
     """``--workers`` default: OpenPCDet's 4, but never more processes than the machine has cores."""
     return min(4, os.cpu_count() or 1)
+
+
+def add_fused_inference_flag(parser: argparse.ArgumentParser, what: str = "inference") -> None:
+    """``--no_fused_inference``: the one switch back to the reference eval forward, worded alike in every tool."""
+    parser.add_argument(
+        "--no_fused_inference",
+        action="store_true",
+        default=False,
+        help=f"{what} on the reference eval forward. By default it runs the fused eval path "
+        "(batch-norm folded into the convolutions, conv+ReLU fused, one-pass PFN and box decoding where a module "
+        "has one): faster, equal up to float round-off, enabled only for the evaluation",
+    )
 
 
 def exp_group_path(cfg_file: str | os.PathLike) -> str:
