@@ -27,76 +27,39 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import kd_report  # noqa: E402
+import kd_runs  # noqa: E402
 import stage_runner  # noqa: E402  (tools/ is not a package; the stage runner lives there)
 
 from pcdet.utils.checkpoint_io import file_sha256  # noqa: E402
 
-TEACHER_CFG = "pointpillar_synthetic.yaml"
-STUDENT_4X, STUDENT_16X = "pointpillar_4x_synthetic.yaml", "pointpillar_16x_synthetic.yaml"
 
-# name -> (row label, train config, eval config, distilled from the teacher?)
-RUNS = {
-    "teacher": ("PointPillars teacher", TEACHER_CFG, TEACHER_CFG, False),
-    "4x": ("4x student", STUDENT_4X, STUDENT_4X, False),
-    "pointdistiller": ("4x + PointDistiller", "pointpillar_kd_synthetic.yaml", STUDENT_4X, True),
-    "fitnet": ("4x + FitNet", "pointpillar_kd_fitnet_synthetic.yaml", STUDENT_4X, True),
-    "at": ("4x + Attention Transfer", "pointpillar_kd_at_synthetic.yaml", STUDENT_4X, True),
-    "sp": ("4x + Similarity-Preserving", "pointpillar_kd_sp_synthetic.yaml", STUDENT_4X, True),
-    "response": ("4x + response KD", "pointpillar_kd_response_synthetic.yaml", STUDENT_4X, True),
-    "agkd": ("4x + attention-guided KD", "pointpillar_kd_agkd_synthetic.yaml", STUDENT_4X, True),
-    "16x": ("16x student", STUDENT_16X, STUDENT_16X, False),
-    "pointdistiller_16x": ("16x + PointDistiller", "pointpillar_kd_16x_synthetic.yaml", STUDENT_16X, True),
-    "ld_only": ("4x + PD, LD only", "pointpillar_kd_ld_only_synthetic.yaml", STUDENT_4X, True),
-    "rl_only": ("4x + PD, RL only", "pointpillar_kd_rl_only_synthetic.yaml", STUDENT_4X, True),
-    "zscore": ("4x + PD, z-score, tau 1", "pointpillar_kd_zscore_synthetic.yaml", STUDENT_4X, True),
-    "max_tau01": ("4x + PD, max-norm, tau 0.1", "pointpillar_kd_max_tau01_synthetic.yaml", STUDENT_4X, True),
-    "pd_frozen": ("4x + PD, frozen teacher adapter", "pointpillar_kd_frozen_synthetic.yaml", STUDENT_4X, True),
-    "pd_sample": ("4x + PD, per-sample graphs", "pointpillar_kd_sample_synthetic.yaml", STUDENT_4X, True),
-    "pd_bev": ("4x + PD on BEV features", "pointpillar_kd_bev_synthetic.yaml", STUDENT_4X, True),
-}
-
-
-# Dev-only weight screen of the baselines (KD weight ÷ 10 and × 10; docs/KD_STUDY.md): chosen from on dev, so never
-# in a test table, and not in the default run list.
-SCREEN_RUNS = {
-    f"{name}_{tag}": (
-        f"{RUNS[name][0]}, weight {word}",
-        f"pointpillar_kd_{name}_{tag}_synthetic.yaml",
-        STUDENT_4X,
-        True,
-    )
-    for name in ("fitnet", "at", "sp", "response", "agkd")
-    for tag, word in (("wdiv10", "÷ 10"), ("wmul10", "× 10"))
-}
-
-
-def runs_for(dataset: str) -> dict:
+def runs_for(dataset: str, family: kd_runs.Family) -> dict:
     """The run table of a data set: real KITTI uses each synthetic config's KITTI twin (the paper's configs, e.g.
     pointpillar.yaml for pointpillar_synthetic.yaml); synthetic-only option studies have none and are left out."""
     if dataset == "synthetic":
-        return RUNS | SCREEN_RUNS
+        return family.runs | family.screens
     cfg_dir = REPO / "tools" / "cfgs" / "kitti_models"
     twins = {}
-    for name, (label, train_cfg, eval_cfg, distilled) in RUNS.items():
+    for name, (label, train_cfg, eval_cfg, distilled) in family.runs.items():
         train_cfg, eval_cfg = train_cfg.replace("_synthetic", ""), eval_cfg.replace("_synthetic", "")
         if (cfg_dir / train_cfg).is_file() and (cfg_dir / eval_cfg).is_file():
             twins[name] = (label, train_cfg, eval_cfg, distilled)
     return twins
 
 
-# The rows the claim rests on, run with every --seeds; the other rows are studies, run with --study_seeds.
-CORE_RUNS = ("teacher", "4x", "pointdistiller", "pd_frozen", "fitnet", "at", "sp", "response", "agkd")
-# Runs whose epoch checkpoints are kept for learning curves (--curves).
-CURVE_RUNS = ("teacher", "4x", "16x")
+ALL_RUN_NAMES = sorted({name for f in kd_runs.FAMILIES.values() for name in (*f.runs, *f.screens)})
 DATA_ROOT = REPO / "data" / "synthetic_bench"  # the protocol's data (stage_runner.protocol_data)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["synthetic", "kitti"], default="synthetic")
+    parser.add_argument(
+        "--detector", choices=list(kd_runs.FAMILIES), default="pointpillar", help="which detector family's table"
+    )
     parser.add_argument("--split", choices=["dev", "test"], default="test", help="where the table is evaluated")
     parser.add_argument(
-        "--runs", nargs="+", default=None, choices=[*RUNS, *SCREEN_RUNS], help="default: every run but the screens"
+        "--runs", nargs="+", default=None, choices=ALL_RUN_NAMES, help="default: every run of the table but screens"
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the core rows")
     parser.add_argument(
@@ -104,10 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         type=int,
         default=None,
-        help="seeds of the study rows (16x, ablations, options; not " + ", ".join(CORE_RUNS) + "); default: the first"
-        " of --seeds",
+        help="seeds of the study rows (16x, ablations, options: not the family's core rows); default: the first of "
+        "--seeds",
     )
-    parser.add_argument("--curves", action="store_true", help="dev learning curves of " + ", ".join(CURVE_RUNS))
+    parser.add_argument("--curves", action="store_true", help="dev learning curves (teacher, 4x, 16x)")
     parser.add_argument("--curve_every", type=int, default=2, help="curves: evaluate every N-th epoch (and the last)")
     parser.add_argument("--train_frames", type=int, default=800)
     parser.add_argument("--dev_frames", type=int, default=200)
@@ -122,37 +85,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="data-loader workers per run")
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs side by side")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / --parallel)")
-    parser.add_argument("--extra_tag", type=str, default="bench")
+    parser.add_argument("--extra_tag", type=str, default=None, help="default: bench (pointpillar), bench_<detector>")
     parser.add_argument("--output_root", type=str, default=None)
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs")
-    parser.add_argument("--report", type=str, default=None, help="default: docs/BENCHMARK.md (test) / _dev.md")
+    parser.add_argument("--report", type=str, default=None, help="default: docs/BENCHMARK[_<DETECTOR>][_DEV].md")
     args = parser.parse_args(argv)
-    table = runs_for(args.dataset)
-    args.runs = args.runs or [name for name in table if name not in SCREEN_RUNS]
-    if args.split == "test" and set(args.runs) & set(SCREEN_RUNS):
+    args.family = kd_runs.FAMILIES[args.detector]
+    table = runs_for(args.dataset, args.family)
+    args.runs = args.runs or [name for name in table if name not in args.family.screens]
+    if args.split == "test" and set(args.runs) & set(args.family.screens):
         parser.error("the weight-screen runs are dev-only (a choice is made from them): use --split dev")
     missing = [r for r in args.runs if r not in table]
     if missing:
-        parser.error(f"runs without a {args.dataset} config: {', '.join(missing)}")
+        parser.error(f"runs without a {args.dataset} {args.detector} config: {', '.join(missing)}")
     if args.dataset == "kitti" and (args.split == "dev" or args.curves):
         parser.error("the KITTI protocol is the paper's: no dev split; --split test evaluates on KITTI val")
     args.data_root = args.data_root or str(DATA_ROOT if args.dataset == "synthetic" else REPO / "data" / "kitti")
     args.epochs = args.epochs or (16 if args.dataset == "synthetic" else 80)
     args.teacher_epochs = args.teacher_epochs or args.epochs
+    args.extra_tag = args.extra_tag or ("bench" if args.detector == "pointpillar" else f"bench_{args.detector}")
     args.teacher_tag = args.teacher_tag or args.extra_tag
     args.study_seeds = args.study_seeds if args.study_seeds is not None else args.seeds[:1]
     unknown = sorted(set(args.study_seeds) - set(args.seeds))
     if unknown:  # a study seed needs the teacher its core rows train
         parser.error(f"--study_seeds {unknown} are not among --seeds {args.seeds}")
     # Resolved before main() changes into tools/.
-    report = Path(args.report) if args.report else kd_report.default_report(args.dataset, args.split)
+    report = Path(args.report) if args.report else kd_report.default_report(args)
     args.report = str(report.resolve())
     return args
 
 
 def seeded(name: str, seed: int, args: argparse.Namespace) -> bool:
     """Whether run ``name`` trains with ``seed``: core rows with every --seeds, studies with --study_seeds."""
-    return seed in args.seeds and (name in CORE_RUNS or seed in args.study_seeds)
+    return seed in args.seeds and (name in args.family.core or seed in args.study_seeds)
 
 
 def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[stage_runner.Job]:
@@ -172,7 +137,7 @@ def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: s
             def job(name=name, train_cfg=train_cfg, eval_cfg=eval_cfg, distilled=distilled, seed=seed, tag=tag) -> dict:
                 epochs = args.teacher_epochs if name == "teacher" else args.epochs
                 run_tag = f"{args.teacher_tag}_seed{seed}" if name == "teacher" else tag
-                keep = epochs if name in CURVE_RUNS else 1
+                keep = epochs if name in args.family.curves else 1
                 teacher = teacher_ckpts[seed] if distilled else None
                 ckpt, run_dir = runner.train(f"{name}/seed{seed}", train_cfg, run_tag, seed, teacher, epochs, keep)
                 if name == "teacher":
@@ -183,7 +148,7 @@ def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: s
             after = (f"teacher/seed{seed}",) if distilled else ()
             jobs.append(stage_runner.Job(f"{name}/seed{seed}", job, after))
     # Every seed's core rows before any study: the claim's table fills first when a budget ends early.
-    return sorted(jobs, key=lambda job: job.name.split("/")[0] not in CORE_RUNS)
+    return sorted(jobs, key=lambda job: job.name.split("/")[0] not in args.family.core)
 
 
 def curve_jobs(args, runner: stage_runner.Runner, dev_dir: Path, trained: dict) -> list[stage_runner.Job]:
@@ -191,10 +156,10 @@ def curve_jobs(args, runner: stage_runner.Runner, dev_dir: Path, trained: dict) 
     jobs = []
     for job_name, job in trained.items():
         name, seed = job_name.split("/")
-        if name not in CURVE_RUNS or name not in args.runs:
+        if name not in args.family.curves or name not in args.runs:
             continue
         ckpt_dir = Path(job.result["ckpt"]).parent
-        eval_cfg = RUNS[name][2]
+        eval_cfg = args.family.runs[name][2]
         for ckpt in sorted(ckpt_dir.glob("checkpoint_epoch_*.pth")):
             epoch = int(ckpt.stem.rsplit("_", 1)[1])
             if epoch % args.curve_every and ckpt != Path(job.result["ckpt"]):
@@ -239,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--curves is a dev-split study: add --split dev (the test split serves only the report)")
     start = time.time()
     os.chdir(stage_runner.TOOLS_DIR)
-    runs = runs_for(args.dataset)
+    runs = runs_for(args.dataset, args.family)
     train_dir, eval_dir, meta = prepare(args, runs)
     out_root = Path(args.output_root).resolve() if args.output_root else REPO / "output"
     job_dir = out_root / "kd_benchmark" / args.extra_tag

@@ -35,11 +35,12 @@ PROTOCOL = """## Protocol
   which option configs are reported — `--split dev` and `--curves` write docs/BENCHMARK_DEV.md and
   docs/BENCHMARK_CURVES.md and never generate or open the test set. **test** is opened only by `--split test`,
   whose table is this page (tests/test_kd_benchmark.py checks both).
-- **Runs**: seed s trains its own teacher (`pointpillar_synthetic.yaml`, `--fix_random_seed --seed s`); every seed-s
+- **Runs**: seed s trains its own teacher (the table's first row, `--fix_random_seed --seed s`); every seed-s
   student distils from it with the same seed, so a student and its distilled twin see the same data order and their
   difference is paired. Students and teachers have the same schedule (`--epochs`) unless `--teacher_epochs` sets
   the teachers' apart (the short-schedule screen of docs/KD_STUDY.md: students 4 epochs, teachers 16).
-- **Tuning budget**: every KD method gets a dev screen at the 4-epoch budget (seed 0) before its test rows:
+- **Tuning budget** (PointPillars; SECOND runs the paper's settings and the frozen-adapter fix found here,
+  PointRCNN the paper's): every KD method gets a dev screen at the 4-epoch budget (seed 0) before its test rows:
   PointDistiller four variants (paper settings, frozen teacher adapter, per-sample graphs, BEV features), each
   baseline its KD weight ÷ 10, × 1 and × 10 (`--runs <baseline>_wdiv10 <baseline>_wmul10`, dev only); the best on
   dev 3D mAP is what the test table runs.
@@ -164,15 +165,19 @@ def bar_chart(context: Context, results: dict, out_file: Path) -> Path | None:
     return out_file
 
 
-def default_report(dataset: str, split: str) -> Path:
-    """Where a benchmark writes its table unless ``--report`` says otherwise."""
-    if dataset != "synthetic":
-        return REPO / "docs" / "BENCHMARK_KITTI.md"
-    return REPO / "docs" / {"dev": "BENCHMARK_DEV.md", "test": "BENCHMARK.md"}[split]
+def default_report(args) -> Path:
+    """Where a benchmark writes its table unless ``--report`` says otherwise: the family's page (BENCHMARK.md for
+    PointPillars), with _DEV for the dev split and _KITTI for real KITTI."""
+    stem = args.family.report.removesuffix(".md")
+    if args.dataset != "synthetic":
+        return REPO / "docs" / f"{stem}_KITTI.md"
+    return REPO / "docs" / (f"{stem}_DEV.md" if args.split == "dev" else f"{stem}.md")
 
 
 def _command(args) -> str:
     parts = ["benchmarks/kd_benchmark.py", "--dataset", args.dataset, "--split", args.split]
+    if args.detector != "pointpillar":
+        parts += ["--detector", args.detector]
     keys = [
         "runs",
         "seeds",
@@ -189,7 +194,7 @@ def _command(args) -> str:
         value = getattr(args, key)
         parts += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
     report = Path(args.report)
-    if report != default_report(args.dataset, args.split):  # a reproduced run must rewrite the same page
+    if report != default_report(args):  # a reproduced run must rewrite the same page
         parts += ["--report", str(report.relative_to(REPO)) if report.is_relative_to(REPO) else str(report)]
     return ".venv/bin/python " + shlex.join(parts)
 
@@ -215,7 +220,8 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
     chart = bar_chart(context, results, out_file.parent / "images" / "benchmark" / f"{out_file.stem.lower()}.png")
     iters = math.ceil(args.train_frames / (args.batch_size or 4)) * args.epochs
     lines = [
-        f"# KD benchmark — {context.split} split (written by benchmarks/kd_benchmark.py)",
+        f"# KD benchmark, {context.runs['teacher'][0].removesuffix(' teacher')} — {context.split} split "
+        "(written by benchmarks/kd_benchmark.py)",
         "",
         f"Status: {len(results)} of {total} runs evaluated. Reproduce / resume: `{_command(args)}`",
         "",

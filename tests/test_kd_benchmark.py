@@ -16,7 +16,10 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import kd_benchmark  # noqa: E402
+import kd_runs  # noqa: E402
 from stage_runner import Job, run_jobs  # noqa: E402
+
+PILLARS = kd_runs.FAMILIES["pointpillar"]
 
 
 def test_run_jobs_orders_by_dependency_and_runs_side_by_side():
@@ -47,7 +50,7 @@ def test_core_rows_take_every_seed_and_studies_the_study_seeds():
     args = kd_benchmark.parse_args(["--seeds", "1", "2", "0"])
     assert args.study_seeds == [1]  # default: the first seed
     core = {name for name in args.runs if all(kd_benchmark.seeded(name, s, args) for s in (0, 1, 2))}
-    assert core == set(kd_benchmark.CORE_RUNS)
+    assert core == set(PILLARS.core)
     assert kd_benchmark.seeded("16x", 1, args) and not kd_benchmark.seeded("16x", 2, args)
     assert not kd_benchmark.seeded("4x", 5, args)  # not a seed of this invocation at all
     args = kd_benchmark.parse_args(["--seeds", "0", "1", "--study_seeds", "0", "1"])
@@ -57,22 +60,37 @@ def test_core_rows_take_every_seed_and_studies_the_study_seeds():
 
 
 def test_weight_screens_are_dev_only_and_not_default():
-    screens = set(kd_benchmark.SCREEN_RUNS)
+    screens = set(PILLARS.screens)
     assert {"fitnet_wdiv10", "agkd_wmul10"} <= screens
     assert not screens & set(kd_benchmark.parse_args([]).runs)
     assert kd_benchmark.parse_args(["--split", "dev", "--runs", "fitnet_wmul10"]).runs == ["fitnet_wmul10"]
     with pytest.raises(SystemExit):
         kd_benchmark.parse_args(["--split", "test", "--runs", "4x", "fitnet_wmul10"])
-    for _, train_cfg, _, _ in kd_benchmark.SCREEN_RUNS.values():  # each screen config exists
+    for _, train_cfg, _, _ in PILLARS.screens.values():  # each screen config exists
         assert (REPO / "tools" / "cfgs" / "kitti_models" / train_cfg).is_file()
+
+
+def test_each_family_has_its_configs_tag_and_page():
+    cfg_dir = REPO / "tools" / "cfgs" / "kitti_models"
+    for family in kd_runs.FAMILIES.values():
+        assert "teacher" in family.core and set(family.core) <= set(family.runs)
+        for _, train_cfg, eval_cfg, distilled in family.runs.values():
+            assert (cfg_dir / train_cfg).is_file() and (cfg_dir / eval_cfg).is_file()
+            assert distilled == (train_cfg != eval_cfg)  # a KD config trains, its plain student evaluates
+    args = kd_benchmark.parse_args(["--detector", "second", "--seeds", "1"])
+    assert args.extra_tag == "bench_second" and Path(args.report).name == "BENCHMARK_SECOND.md"
+    assert "pd_frozen" in args.runs and "at" not in args.runs
+    assert Path(kd_benchmark.parse_args(["--split", "dev"]).report).name == "BENCHMARK_DEV.md"
+    with pytest.raises(SystemExit):  # a PointPillars-only row asked of PointRCNN
+        kd_benchmark.parse_args(["--detector", "pointrcnn", "--runs", "at"])
 
 
 def test_plan_lists_every_core_row_before_the_studies():
     args = kd_benchmark.parse_args(["--seeds", "1", "2", "0"])
-    names = [job.name for job in kd_benchmark.plan(args, kd_benchmark.RUNS, None, Path("unused"), "test")]
-    is_core = [name.split("/")[0] in kd_benchmark.CORE_RUNS for name in names]
+    names = [job.name for job in kd_benchmark.plan(args, PILLARS.runs, None, Path("unused"), "test")]
+    is_core = [name.split("/")[0] in PILLARS.core for name in names]
     assert is_core == sorted(is_core, reverse=True)  # all True, then all False
-    assert len(names) == 3 * len(kd_benchmark.CORE_RUNS) + len(kd_benchmark.RUNS) - len(kd_benchmark.CORE_RUNS)
+    assert len(names) == 3 * len(PILLARS.core) + len(PILLARS.runs) - len(PILLARS.core)
 
 
 def test_run_jobs_stops_scheduling_after_a_failure():

@@ -1,0 +1,76 @@
+"""The KD benchmark's run tables, one per detector family: which configs a row trains and evaluates.
+
+A row is ``name -> (label, train config, eval config, distilled from the seed's teacher?)``; every table has a
+``teacher`` row. Core rows run on every ``--seeds``, the other rows (studies) on ``--study_seeds``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Family:
+    runs: dict[str, tuple[str, str, str, bool]]
+    core: tuple[str, ...]  # the rows the claim rests on
+    curves: tuple[str, ...] = ()  # rows whose epoch checkpoints are kept for learning curves
+    screens: dict[str, tuple[str, str, str, bool]] = field(default_factory=dict)  # dev-only choice runs
+    report: str = "BENCHMARK.md"  # the test-split page under docs/
+
+
+def _pointpillar() -> Family:
+    teacher, s4, s16 = "pointpillar_synthetic.yaml", "pointpillar_4x_synthetic.yaml", "pointpillar_16x_synthetic.yaml"
+    runs = {
+        "teacher": ("PointPillars teacher", teacher, teacher, False),
+        "4x": ("4x student", s4, s4, False),
+        "pointdistiller": ("4x + PointDistiller", "pointpillar_kd_synthetic.yaml", s4, True),
+        "fitnet": ("4x + FitNet", "pointpillar_kd_fitnet_synthetic.yaml", s4, True),
+        "at": ("4x + Attention Transfer", "pointpillar_kd_at_synthetic.yaml", s4, True),
+        "sp": ("4x + Similarity-Preserving", "pointpillar_kd_sp_synthetic.yaml", s4, True),
+        "response": ("4x + response KD", "pointpillar_kd_response_synthetic.yaml", s4, True),
+        "agkd": ("4x + attention-guided KD", "pointpillar_kd_agkd_synthetic.yaml", s4, True),
+        "16x": ("16x student", s16, s16, False),
+        "pointdistiller_16x": ("16x + PointDistiller", "pointpillar_kd_16x_synthetic.yaml", s16, True),
+        "ld_only": ("4x + PD, LD only", "pointpillar_kd_ld_only_synthetic.yaml", s4, True),
+        "rl_only": ("4x + PD, RL only", "pointpillar_kd_rl_only_synthetic.yaml", s4, True),
+        "zscore": ("4x + PD, z-score, tau 1", "pointpillar_kd_zscore_synthetic.yaml", s4, True),
+        "max_tau01": ("4x + PD, max-norm, tau 0.1", "pointpillar_kd_max_tau01_synthetic.yaml", s4, True),
+        "pd_frozen": ("4x + PD, frozen teacher adapter", "pointpillar_kd_frozen_synthetic.yaml", s4, True),
+        "pd_sample": ("4x + PD, per-sample graphs", "pointpillar_kd_sample_synthetic.yaml", s4, True),
+        "pd_bev": ("4x + PD on BEV features", "pointpillar_kd_bev_synthetic.yaml", s4, True),
+    }
+    # The baselines' KD weight ÷ 10 and × 10 (docs/KD_STUDY.md): chosen from on dev, so never in a test table.
+    screens = {
+        f"{name}_{tag}": (f"{runs[name][0]}, weight {word}", f"pointpillar_kd_{name}_{tag}_synthetic.yaml", s4, True)
+        for name in ("fitnet", "at", "sp", "response", "agkd")
+        for tag, word in (("wdiv10", "÷ 10"), ("wmul10", "× 10"))
+    }
+    core = ("teacher", "4x", "pointdistiller", "pd_frozen", "fitnet", "at", "sp", "response", "agkd")
+    return Family(runs, core, curves=("teacher", "4x", "16x"), screens=screens)
+
+
+def _second() -> Family:
+    teacher, s4, s16 = "second_synthetic.yaml", "second_4x_synthetic.yaml", "second_16x_synthetic.yaml"
+    runs = {
+        "teacher": ("SECOND teacher", teacher, teacher, False),
+        "4x": ("SECOND 4x student", s4, s4, False),
+        "pointdistiller": ("SECOND 4x + PointDistiller", "second_kd_synthetic.yaml", s4, True),
+        "pd_frozen": ("SECOND 4x + PD, frozen teacher adapters", "second_kd_frozen_synthetic.yaml", s4, True),
+        "fitnet": ("SECOND 4x + FitNet", "second_kd_fitnet_synthetic.yaml", s4, True),
+        "16x": ("SECOND 16x student", s16, s16, False),
+    }
+    return Family(runs, ("teacher", "4x", "pointdistiller", "pd_frozen", "fitnet"), report="BENCHMARK_SECOND.md")
+
+
+def _pointrcnn() -> Family:
+    teacher, s8, s16 = "pointrcnn_synthetic.yaml", "pointrcnn_8x_synthetic.yaml", "pointrcnn_16x_synthetic.yaml"
+    runs = {
+        "teacher": ("PointRCNN teacher", teacher, teacher, False),
+        "8x": ("PointRCNN 8x student", s8, s8, False),
+        "pointdistiller": ("PointRCNN 8x + PointDistiller", "pointrcnn_kd_synthetic.yaml", s8, True),
+        "16x": ("PointRCNN 16x student", s16, s16, False),
+    }
+    return Family(runs, ("teacher", "8x", "pointdistiller"), report="BENCHMARK_POINTRCNN.md")
+
+
+FAMILIES: dict[str, Family] = {"pointpillar": _pointpillar(), "second": _second(), "pointrcnn": _pointrcnn()}
