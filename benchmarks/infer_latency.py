@@ -21,14 +21,17 @@ Regimes (random weights, fixed seed): ``busy`` sets the classifier bias to 0, so
 full ``NMS_PRE_MAXSIZE`` (4096) candidates reach NMS (the worst case); ``prior`` keeps the 0.01 prior bias, so no
 box passes the score threshold (the network alone, plus decoding).
 
-Paths: ``reference`` is the default eval forward; ``fused`` is the same model after
+Paths: ``reference`` is the eval forward of ``--no_fused_inference``; ``fused`` is the same model after
 ``model_utils.fused_inference.enable_fused_inference`` (batch-norm folded, channels-last BEV maps, a numba PFN and
-box decoder). With both (the default) all four models run interleaved frame by frame, so before/after share a run.
+box decoder; what test.py / demo.py run by default). ``fused_plain_deconv`` is ``fused`` with the transposed deblocks
+as a plain transposed conv followed by an in-place ReLU instead of oneDNN's deconv with the ReLU fused (the A/B of
+that one change). All models of the chosen paths run interleaved frame by frame, so the paths share a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import cProfile
 import os
@@ -43,10 +46,12 @@ from easydict import EasyDict
 from pcdet.config import cfg_from_yaml_file
 from pcdet.datasets.dataset import DatasetTemplate
 from pcdet.models import build_network, load_data_to_gpu
+from pcdet.models.model_utils import fused_inference
 from pcdet.models.model_utils.fused_inference import enable_fused_inference
 from pcdet.utils.point_cloud_io import load_points_bin
 
 ROOT = Path(__file__).resolve().parents[1]
+PATHS = ["reference", "fused", "fused_plain_deconv"]
 GRIDS = {
     "kitti": ("cfgs/kitti_models/pointpillar.yaml", "cfgs/kitti_models/pointpillar_4x.yaml"),
     "synthetic": ("cfgs/kitti_models/pointpillar_synthetic.yaml", "cfgs/kitti_models/pointpillar_4x_synthetic.yaml"),
@@ -91,7 +96,20 @@ def build_model(cfg: EasyDict, dataset: DatasetTemplate, regime: str, path: str 
     if regime == "busy":
         with torch.no_grad():
             model.dense_head.conv_cls.bias.zero_()
-    return enable_fused_inference(model, path == "fused")
+    return enable_fused_inference(model, path.startswith("fused"))
+
+
+@contextlib.contextmanager
+def deconv_relu_op(path: str):
+    """For ``fused_plain_deconv``, hide oneDNN's fused deconv + ReLU for the call, so that the folded transposed
+    deblocks fall back to ``conv_transpose2d`` + ``relu_`` (the form before that change); other paths unchanged."""
+    saved = fused_inference._DECONV_RELU
+    if path == "fused_plain_deconv":
+        fused_inference._DECONV_RELU = None
+    try:
+        yield
+    finally:
+        fused_inference._DECONV_RELU = saved
 
 
 @torch.no_grad()
@@ -122,12 +140,14 @@ def bench_grid(grid: str, regime: str, args: argparse.Namespace) -> dict:
     teacher_cfg, student_cfg = (load_cfg(c) for c in GRIDS[grid])
     files = frame_files(grid, args.synthetic_root, args.kitti_root, args.frames)
     dataset, batches, load_s = prepare_batches(teacher_cfg, files)
-    models = {}
+    models, path_of = {}, {}
     for path in args.paths:
         models[f"{path}_teacher"] = build_model(teacher_cfg, dataset, regime, path)
         models[f"{path}_student"] = build_model(student_cfg, dataset, regime, path)
-    for model in models.values():  # warm-up: lazy initialisation, allocator, numba kernels
-        run(model, batches[0])
+        path_of[f"{path}_teacher"] = path_of[f"{path}_student"] = path
+    for name, model in models.items():  # warm-up: lazy initialisation, allocator, numba kernels
+        with deconv_relu_op(path_of[name]):
+            run(model, batches[0])
     wall: dict[str, list[float]] = {name: [] for name in models}
     cpu: dict[str, list[float]] = {name: [] for name in models}
     stages: dict[str, list[dict]] = {name: [] for name in models}
@@ -135,11 +155,12 @@ def bench_grid(grid: str, regime: str, args: argparse.Namespace) -> dict:
     for _ in range(args.rounds):
         for batch in batches:
             for name, model in models.items():
-                seconds, cpu_seconds, preds = run(model, batch)
-                wall[name].append(seconds)
-                cpu[name].append(cpu_seconds)
-                if args.stages:
-                    stages[name].append(stage_times(model, batch))
+                with deconv_relu_op(path_of[name]):
+                    seconds, cpu_seconds, preds = run(model, batch)
+                    wall[name].append(seconds)
+                    cpu[name].append(cpu_seconds)
+                    if args.stages:
+                        stages[name].append(stage_times(model, batch))
             candidates = max(candidates, len(preds[0]["pred_scores"]))
     row = {"grid": grid, "regime": regime, "frames": len(files), "load_ms": 1000 * statistics.median(load_s)}
     for name in models:
@@ -152,7 +173,8 @@ def bench_grid(grid: str, regime: str, args: argparse.Namespace) -> dict:
         row[f"{path}_cpu_ratio"] = row[f"{path}_teacher_cpu_ms"] / row[f"{path}_student_cpu_ms"]
     row["kept"] = candidates
     if args.profile:
-        profile_student(models[f"{args.paths[-1]}_student"], batches, args.profile)
+        with deconv_relu_op(args.paths[-1]):
+            profile_student(models[f"{args.paths[-1]}_student"], batches, args.profile)
     return row
 
 
@@ -177,7 +199,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--stages", action="store_true", help="also time each module (one more pass per frame)")
     parser.add_argument("--profile", type=int, default=0, help="cProfile the (last path's) student on this many frames")
-    parser.add_argument("--paths", nargs="+", default=["reference", "fused"], choices=["reference", "fused"])
+    parser.add_argument("--paths", nargs="+", default=["reference", "fused"], choices=PATHS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
