@@ -61,7 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--runs", nargs="+", default=None, choices=ALL_RUN_NAMES, help="default: every run of the table but screens"
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the core rows")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the claim rows (teacher, student, chosen PD)"
+    )
+    parser.add_argument(
+        "--core_seeds", nargs="+", type=int, default=None, help="seeds of the other core rows (default: --seeds)"
+    )
     parser.add_argument(
         "--study_seeds",
         nargs="+",
@@ -105,10 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.teacher_epochs = args.teacher_epochs or args.epochs
     args.extra_tag = args.extra_tag or ("bench" if args.detector == "pointpillar" else f"bench_{args.detector}")
     args.teacher_tag = args.teacher_tag or args.extra_tag
+    args.core_seeds = args.core_seeds if args.core_seeds is not None else list(args.seeds)
     args.study_seeds = args.study_seeds if args.study_seeds is not None else args.seeds[:1]
-    unknown = sorted(set(args.study_seeds) - set(args.seeds))
-    if unknown:  # a study seed needs the teacher its core rows train
-        parser.error(f"--study_seeds {unknown} are not among --seeds {args.seeds}")
+    for option in ("core_seeds", "study_seeds"):
+        unknown = sorted(set(getattr(args, option)) - set(args.seeds))
+        if unknown:  # such a seed would have no teacher
+            parser.error(f"--{option} {unknown} are not among --seeds {args.seeds}")
     # Resolved before main() changes into tools/.
     report = Path(args.report) if args.report else kd_report.default_report(args)
     args.report = str(report.resolve())
@@ -116,16 +123,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def seeded(name: str, seed: int, args: argparse.Namespace) -> bool:
-    """Whether run ``name`` trains with ``seed``: core rows with every --seeds, studies with --study_seeds."""
-    return seed in args.seeds and (name in args.family.core or seed in args.study_seeds)
+    """Whether run ``name`` trains with ``seed``: claim rows with every --seeds, the other core rows with
+    --core_seeds, studies with --study_seeds."""
+    if seed not in args.seeds:
+        return False
+    if name in args.family.claim:
+        return True
+    return seed in (args.core_seeds if name in args.family.core else args.study_seeds)
+
+
+def tier(name: str, family: kd_runs.Family) -> int:
+    """Scheduling order: claim rows, then the other core rows, then studies."""
+    return 0 if name in family.claim else 1 if name in family.core else 2
 
 
 def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[stage_runner.Job]:
     """One job per (run, seed): train (after the seed's teacher when distilled), then evaluate on ``eval_dir``.
 
-    Jobs are listed core rows first (seed by seed), then the studies. The curve runs keep every epoch checkpoint
-    whatever the split, so that a later ``--curves`` finds them
-    (and their stage keys, which include the command, do not change)."""
+    Jobs are listed by tier (claim rows, other core rows, studies), seed by seed within one. The curve runs keep
+    every epoch checkpoint whatever the split, so that a later ``--curves`` finds them (and their stage keys, which
+    include the command, do not change)."""
     teacher_ckpts: dict[int, Path] = {}
     jobs = []
     for seed in args.seeds:
@@ -147,8 +164,8 @@ def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: s
 
             after = (f"teacher/seed{seed}",) if distilled else ()
             jobs.append(stage_runner.Job(f"{name}/seed{seed}", job, after))
-    # Every seed's core rows before any study: the claim's table fills first when a budget ends early.
-    return sorted(jobs, key=lambda job: job.name.split("/")[0] not in args.family.core)
+    # The claim's rows fill first when a budget ends early, then what it is compared with.
+    return sorted(jobs, key=lambda job: tier(job.name.split("/")[0], args.family))
 
 
 def curve_jobs(args, runner: stage_runner.Runner, dev_dir: Path, trained: dict) -> list[stage_runner.Job]:

@@ -44,8 +44,9 @@ PROTOCOL = """## Protocol
   PointDistiller four variants (paper settings, frozen teacher adapter, per-sample graphs, BEV features), each
   baseline its KD weight ÷ 10, × 1 and × 10 (`--runs <baseline>_wdiv10 <baseline>_wmul10`, dev only); the best on
   dev 3D mAP is what the test table runs.
-- **Core rows and studies**: teacher, 4x, PointDistiller (paper and the chosen variant) and the five baselines run
-  on every `--seeds`; 16x, ablations and option studies on `--study_seeds` (default: the first seed).
+- **Seeds per row**: the claim's rows (teacher, 4x, PointDistiller as chosen on dev) on every `--seeds` (more
+  when the paired std asks for it); the rest of the core (PointDistiller's paper setting, the five baselines) on
+  `--core_seeds`; 16x, ablations and option studies on `--study_seeds` (default: the first seed).
 - **Metric**: KITTI moderate R40 AP (the official-devkit-equivalent evaluator), BEV and 3D, per class and the
   3-class mean; mean ± sample std over seeds; for distilled runs the seed-paired difference to the plain student of
   the same width, and whether its mean exceeds twice its sample std.
@@ -181,6 +182,7 @@ def _command(args) -> str:
     keys = [
         "runs",
         "seeds",
+        "core_seeds",
         "study_seeds",
         "epochs",
         "teacher_epochs",

@@ -57,6 +57,13 @@ def test_core_rows_take_every_seed_and_studies_the_study_seeds():
     assert all(kd_benchmark.seeded("ld_only", s, args) for s in (0, 1))
     with pytest.raises(SystemExit):  # a study seed without its core rows would have no teacher
         kd_benchmark.parse_args(["--seeds", "0", "--study_seeds", "3"])
+    # More seeds for the claim's rows only (the paired std asked for them), the rest of the core on three.
+    args = kd_benchmark.parse_args(["--seeds", "1", "2", "0", "3", "4", "--core_seeds", "1", "2", "0"])
+    on_seed_4 = {name for name in args.runs if kd_benchmark.seeded(name, 4, args)}
+    assert on_seed_4 == set(PILLARS.claim) == {"teacher", "4x", "pd_frozen"}
+    assert kd_benchmark.seeded("fitnet", 0, args) and not kd_benchmark.seeded("fitnet", 3, args)
+    with pytest.raises(SystemExit):
+        kd_benchmark.parse_args(["--seeds", "0", "--core_seeds", "0", "1"])
 
 
 def test_weight_screens_are_dev_only_and_not_default():
@@ -88,8 +95,8 @@ def test_each_family_has_its_configs_tag_and_page():
 def test_plan_lists_every_core_row_before_the_studies():
     args = kd_benchmark.parse_args(["--seeds", "1", "2", "0"])
     names = [job.name for job in kd_benchmark.plan(args, PILLARS.runs, None, Path("unused"), "test")]
-    is_core = [name.split("/")[0] in PILLARS.core for name in names]
-    assert is_core == sorted(is_core, reverse=True)  # all True, then all False
+    tiers = [kd_benchmark.tier(name.split("/")[0], PILLARS) for name in names]
+    assert tiers == sorted(tiers) and set(tiers) == {0, 1, 2}  # claim rows, the other core rows, studies
     assert len(names) == 3 * len(PILLARS.core) + len(PILLARS.runs) - len(PILLARS.core)
 
 
