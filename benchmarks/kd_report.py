@@ -42,8 +42,9 @@ PROTOCOL = """## Protocol
 - **Tuning budget** (PointPillars; SECOND runs the paper's settings and the frozen-adapter fix found here,
   PointRCNN the paper's): every KD method gets a dev screen at the 4-epoch budget (seed 0) before its test rows:
   PointDistiller four variants (paper settings, frozen teacher adapter, per-sample graphs, BEV features), each
-  baseline its KD weight ÷ 10, × 1 and × 10 (`--runs <baseline>_wdiv10 <baseline>_wmul10`, dev only); the best on
-  dev 3D mAP is what the test table runs.
+  baseline its first-guess weight and the weight whose KD gradient at iteration 1 equals PointDistiller's, ÷ 10,
+  × 1 and × 10 (`--runs <baseline>_cal <baseline>_caldiv10 <baseline>_calmul10`, dev only); the best on dev 3D mAP
+  is what the test table runs.
 - **Seeds per row**: the claim's rows (teacher, 4x, PointDistiller as chosen on dev) on every `--seeds` (more
   when the paired std asks for it); the rest of the core (PointDistiller's paper setting, the five baselines) on
   `--core_seeds`; 16x, ablations and option studies on `--study_seeds` (default: the first seed).

@@ -68,11 +68,11 @@ def test_core_rows_take_every_seed_and_studies_the_study_seeds():
 
 def test_weight_screens_are_dev_only_and_not_default():
     screens = set(PILLARS.screens)
-    assert {"fitnet_wdiv10", "agkd_wmul10"} <= screens
+    assert {"fitnet_cal", "sp_caldiv10", "agkd_calmul10"} <= screens
     assert not screens & set(kd_benchmark.parse_args([]).runs)
-    assert kd_benchmark.parse_args(["--split", "dev", "--runs", "fitnet_wmul10"]).runs == ["fitnet_wmul10"]
+    assert kd_benchmark.parse_args(["--split", "dev", "--runs", "fitnet_cal"]).runs == ["fitnet_cal"]
     with pytest.raises(SystemExit):
-        kd_benchmark.parse_args(["--split", "test", "--runs", "4x", "fitnet_wmul10"])
+        kd_benchmark.parse_args(["--split", "test", "--runs", "4x", "fitnet_cal"])
     for _, train_cfg, _, _ in PILLARS.screens.values():  # each screen config exists
         assert (REPO / "tools" / "cfgs" / "kitti_models" / train_cfg).is_file()
 
