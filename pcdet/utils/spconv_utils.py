@@ -3,7 +3,8 @@
 spconv's CPU wheel runs sparse-conv forward on CPU, but its backward asks ``torch.cuda.current_stream()`` for a
 stream handle (through ``get_current_stream`` imported by name into several spconv modules), which raises without
 CUDA. CPU kernels ignore the stream, so on a machine without CUDA we hand them the null stream (0). With CUDA
-available nothing is patched.
+available nothing is patched. On every machine, CPU sparse convs run through :mod:`pcdet.utils.spconv_cpu_conv`
+(spconv's own CPU scatter races with more than one thread).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import spconv
 import spconv.pytorch as spconv_pytorch
 import torch
+
+from pcdet.utils import spconv_cpu_conv
 
 _PATCHED_MODULES = ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash")
 
@@ -30,6 +33,7 @@ def _install_cpu_stream_shim() -> None:
 
 if not torch.cuda.is_available():
     _install_cpu_stream_shim()
+spconv_cpu_conv.install()
 
 SPCONV_VERSION = tuple(int(p) for p in spconv.__version__.split(".")[:2])
 
