@@ -53,6 +53,9 @@ def _pointpillar() -> Family:
             ("calmul10", "calibrated × 10"),
         )
     }
+    # Where a grid's best try sat at its edge, one step further out (a rule fixed before any test run).
+    for name, tag, word in (("sp", "caldiv100", "calibrated ÷ 100"),):
+        screens[f"{name}_{tag}"] = (f"{runs[name][0]}, {word}", f"pointpillar_kd_{name}_{tag}_synthetic.yaml", s4, True)
     core = ("teacher", "4x", "pointdistiller", "pd_frozen", "fitnet", "at", "sp", "response", "agkd")
     claim = ("teacher", "4x", "pd_frozen")  # PointDistiller as chosen on dev (docs/KD_STUDY.md)
     return Family(runs, claim, core, curves=("teacher", "4x", "16x"), screens=screens)

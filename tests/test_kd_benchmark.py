@@ -68,7 +68,7 @@ def test_core_rows_take_every_seed_and_studies_the_study_seeds():
 
 def test_weight_screens_are_dev_only_and_not_default():
     screens = set(PILLARS.screens)
-    assert {"fitnet_cal", "sp_caldiv10", "agkd_calmul10"} <= screens
+    assert {"fitnet_cal", "sp_caldiv10", "agkd_calmul10", "sp_caldiv100"} <= screens
     assert not screens & set(kd_benchmark.parse_args([]).runs)
     assert kd_benchmark.parse_args(["--split", "dev", "--runs", "fitnet_cal"]).runs == ["fitnet_cal"]
     with pytest.raises(SystemExit):
