@@ -297,7 +297,11 @@ def _load(name: str) -> EasyDict:
 
 
 # Synthetic baseline configs whose KD weight was chosen on the synthetic dev split (docs/KD_STUDY.md §4b).
-DEV_CHOSEN_WEIGHTS = {"pointpillar_kd_fitnet_synthetic": 2.0, "pointpillar_kd_at_synthetic": 750.0}
+DEV_CHOSEN_WEIGHTS = {
+    "pointpillar_kd_fitnet_synthetic": 2.0,
+    "pointpillar_kd_at_synthetic": 750.0,
+    "pointpillar_kd_response_synthetic": 0.51,
+}
 
 
 def _without_weight(losses: list) -> list[dict]:
