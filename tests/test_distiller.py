@@ -302,6 +302,7 @@ DEV_CHOSEN_WEIGHTS = {
     "pointpillar_kd_at_synthetic": 750.0,
     "pointpillar_kd_response_synthetic": 0.51,
     "pointpillar_kd_agkd_synthetic": 1.2,
+    "pointpillar_kd_sp_synthetic": 0.67,
 }
 
 
