@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_kernels
+
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
@@ -20,7 +22,10 @@ def knn_indices(
     """``(N, k)`` int64 indices into ``candidates (M, C)`` of the ``k`` nearest (squared L2) to each ``queries (N, C)``.
 
     Neighbours of a row are not sorted by distance (PointDistiller only needs the set; unsorted selection is cheaper).
-    A query that is also a candidate finds itself (distance 0), as in DGCNN's graph construction.
+    A query that is also a candidate finds itself (distance 0), as in DGCNN's graph construction. On float32 CPU
+    tensors the selection is ``cpu_kernels.smallest_k`` (3.6× faster than ``topk`` at 6000 × 10199): the same set,
+    except that where candidates tie at the k-th distance it takes the lower index, while ``topk``'s choice among
+    ties is unspecified.
     """
     if queries.dim() != 2 or candidates.dim() != 2 or queries.shape[1] != candidates.shape[1]:
         raise ValueError(
@@ -38,7 +43,12 @@ def knn_indices(
     # Each chunk holds its (rows, M) distance block plus top-k's scratch of the same size.
     rows = max(1, int(max_chunk_bytes // (2 * num_cand * queries.element_size())))
     out = torch.empty((queries.shape[0], k), dtype=torch.long, device=queries.device)
+    fused = cpu_kernels.use_cpu_kernels(queries, candidates)
+    threads = cpu_kernels.numba_threads() if fused else 1
     for start in range(0, queries.shape[0], rows):
         block = query_aug[start : start + rows] @ cand_aug.t()
-        out[start : start + rows] = block.topk(k, dim=1, largest=False, sorted=False).indices
+        if fused:
+            cpu_kernels.smallest_k(block.numpy(), k, out[start : start + rows].numpy(), threads)
+        else:
+            out[start : start + rows] = block.topk(k, dim=1, largest=False, sorted=False).indices
     return out

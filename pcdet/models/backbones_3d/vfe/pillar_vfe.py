@@ -32,6 +32,33 @@ class PFNLayer(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = self.linear(inputs)
+        if self.last_vfe and self._norm_is_monotone_map(x):
+            return self.reduce_then_norm(x)
+        return self.norm_then_reduce(x)
+
+    def _norm_is_monotone_map(self, x: torch.Tensor) -> bool:
+        """True where BN is a fixed per-channel map (eval mode, running statistics) and nothing needs gradients
+        (a KD teacher, the reference eval path). Only on the CPU, where the bit-equality below is tested."""
+        return (
+            self.use_norm
+            and not self.norm.training
+            and self.norm.running_mean is not None
+            and not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.shape[1] > 1  # one point per pillar: BN's (V, C, 1) input takes another kernel
+        )
+
+    def reduce_then_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """``norm_then_reduce`` of a last layer on 2 values per pillar instead of P: eval BN is, per channel, a chain
+        of rounded float operations each monotone in its input, so the max over points of relu(BN(x)) is the
+        larger of BN(max x) and BN(min x) after relu, bit for bit. The (V, C, 2) extremes take BN's same kernel as
+        the (V, C, P) points (channels in dim 1, more than one value per channel)."""
+        low, high = torch.aminmax(x, dim=1)
+        extremes = self.norm(torch.stack([high, low], dim=2))
+        return F.relu(extremes.amax(dim=2)).unsqueeze(1)
+
+    def norm_then_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """BN → ReLU per point of ``x = linear(inputs)`` ``(V, P, C)``, then the max over the points."""
         if self.use_norm:
             # BatchNorm1d normalises dim 1: move channels there (statistics over pillars and slots, padding included).
             # Contiguous, because on CPU BatchNorm's kernels for a strided (permuted) view are ~3x slower, forward
@@ -41,7 +68,7 @@ class PFNLayer(nn.Module):
         x_max = torch.max(x, dim=1, keepdim=True)[0]
         if self.last_vfe:
             return x_max
-        return torch.cat([x, x_max.expand(-1, inputs.shape[1], -1)], dim=2)
+        return torch.cat([x, x_max.expand(-1, x.shape[1], -1)], dim=2)
 
 
 def get_paddings_indicator(actual_num: torch.Tensor, max_num: int) -> torch.Tensor:

@@ -13,7 +13,9 @@ statistics over the N·K edges follow from per-node sums (how often a node is a 
 query's neighbour projections via ``embedding_bag``), and BN folds into the projections, so the edge output is
 relu(a'_i + b'_j). Edges of queries whose weight φ_i is exactly zero (most of them at τ = 0.01 on point counts)
 contribute exactly nothing to the loss or its gradient and are never formed; they still count in the BN
-statistics and the mean. The result equals the naive definition up to float rounding (tests/test_kd_losses.py).
+statistics and the mean. Without pooling, the loss over the remaining edges is ``edge_loss.edge_loss``, which on a
+CPU walks the edges in a numba kernel instead of materialising (R, K, A) responses. The result equals the naive
+definition up to float rounding (tests/test_kd_losses.py, tests/test_kd_cpu_paths.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 from ..adapters import Adapter, batch_norm_stats_update
 from ..diagnostics import effective_count, inside_boxes_bev, response_stats, weighted_share
+from ..edge_loss import edge_loss, neighbour_sum, response_loss
 from ..errors import KDConfigError
 from ..knn import knn_indices
 from .base import KDBatch, KDLoss, get_feature, matched_voxel_rows
@@ -142,9 +145,9 @@ def folded_projections(
             uses = torch.bincount(graph.neighbours.reshape(-1), minlength=nodes.shape[0]).to(b32.dtype)
             a_shift, b_shift = a32.mean(0), (uses @ b32) / count
             a_c, b_c = a32 - a_shift, b32 - b_shift
-            neighbour_sum = F.embedding_bag(graph.neighbours, b_c, mode="sum")  # (N, A): Σ_k b_j per query
+            sums = neighbour_sum(b_c, graph.neighbours)  # (N, A): Σ_k b_j per query
             shifted_mean = (k * a_c.sum(0) + uses @ b_c) / count
-            shifted_sq = (k * a_c.pow(2).sum(0) + 2 * (a_c * neighbour_sum).sum(0) + uses @ b_c.pow(2)) / count
+            shifted_sq = (k * a_c.pow(2).sum(0) + 2 * (a_c * sums).sum(0) + uses @ b_c.pow(2)) / count
             mean = a_shift + b_shift + shifted_mean
             var = (shifted_sq - shifted_mean.pow(2)).clamp_min(0)
         batch_norm_stats_update(bn, mean.detach(), var.detach(), count)
@@ -186,17 +189,15 @@ def point_distiller_loss(
     num_queries, k = graph.neighbours.shape
     outputs = num_queries * a_t.shape[1] * (1 if pool == "max" else k)
     rows = torch.nonzero(graph.weights > 0).squeeze(1)
-    neighbours = graph.neighbours[rows]
+    neighbours, weights = graph.neighbours[rows], graph.weights[rows]
+    if pool == "none" and stats is None:  # the diagnostics read the responses, so only they materialise them
+        return edge_loss(a_t[rows], b_t, a_s[rows], b_s, neighbours, weights, form, outputs)
     teacher_out = edge_responses(a_t[rows], b_t, neighbours, pool)
     student_out = edge_responses(a_s[rows], b_s, neighbours, pool)
     if stats is not None:
         stats.update(response_stats("teacher_adapter", teacher_out))
         stats.update(response_stats("student_adapter", student_out))
-    diff = teacher_out - student_out
-    weights = graph.weights[rows].view(-1, *([1] * (diff.dim() - 1)))
-    if form == "norm":
-        return torch.linalg.vector_norm(diff * weights.sqrt())
-    return (weights * diff.pow(2)).sum() / outputs
+    return response_loss(teacher_out, student_out, weights, form, outputs)
 
 
 class PointDistiller(KDLoss):
