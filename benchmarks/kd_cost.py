@@ -8,7 +8,8 @@ KITTI frames in ../shared/data/kitti_real (FOV points in range, shuffled, voxeli
 labels). Interleaved repeats after one warm-up; medians.
 * student step: forward + backward + Adam step of the plain student;
 * teacher forward: the teacher's full network (all modules, no post-processing) under no_grad;
-* KD step: the distiller's forward (teacher run as far as the losses need + student + KD loss) + backward + step.
+* KD step: the distiller's forward (teacher run as far as the losses need + student + KD loss) + backward + step
+  (the global step advances, so the KD diagnostics run only at the warm-up step, as in training).
 Goal: KD step ≤ 1.10 × (student step + teacher forward). Also timed: the parts of the KD overhead, and the
 PointDistiller loss (forward + backward, kNN included) under its graph options.
 """
@@ -88,6 +89,9 @@ def _train_step(model, optimizer, batch: dict) -> None:
     optimizer.zero_grad(set_to_none=True)
     ret["loss"].backward()
     optimizer.step()
+    # as the training loop does: the distiller runs its diagnostics every KD.DIAGNOSE_EVERY steps, so a global step
+    # stuck at 0 would time them on every repeat
+    model.update_global_step()
 
 
 def main() -> None:

@@ -71,7 +71,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     kd_cfg, teacher_cfg = _load("pointpillar_kd"), _load("pointpillar")
-    kd_cfg.KD.DIAGNOSE_EVERY = 0  # the steps between diagnosed ones (the global step stays 0 here: every step)
+    kd_cfg.KD.DIAGNOSE_EVERY = 0  # diagnostics off: every timed step is one of those between diagnosed ones
     dataset = _dataset(kd_cfg)
     teacher = build_network(teacher_cfg.MODEL, 3, _dataset(teacher_cfg))
     student = build_network(kd_cfg.MODEL, 3, dataset)

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import subprocess
-import sys
 
 import numba
 import numpy as np
@@ -22,6 +19,7 @@ from pcdet.models.kd.adapters import Adapter
 from pcdet.models.kd.edge_loss import edge_loss, neighbour_sum
 from pcdet.models.kd.knn import knn_indices
 from pcdet.models.kd.losses.point_distiller import build_graph, point_distiller_loss
+from pcdet.utils.numba_utils import numba_threads
 
 
 def _smallest_by_value_then_index(row: np.ndarray, k: int) -> set:
@@ -136,7 +134,7 @@ def test_fused_edge_loss_does_not_depend_on_the_thread_count():
     for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
         numba.set_num_threads(threads)
         totals.append(cpu_kernels.edge_loss_sum(*arrays))
-    cpu_kernels.numba_threads()
+    numba_threads()
     assert len(set(totals)) == 1
 
 
@@ -225,27 +223,6 @@ def test_point_distiller_loss_cpu_paths_on_a_real_sized_graph():
     adapters = _adapters(64, 32, 32, frozen=True)
     fused = _loss_and_grads(teacher, student, graph, adapters, reference=False)
     _assert_same(fused, _loss_and_grads(teacher, student, graph, adapters, reference=True))
-
-
-_FRESH_PROCESS_THREADS = """
-import numpy as np, torch
-torch.set_num_threads(1)
-torch.get_num_threads()  # torch initialises its OpenMP threads before numba's pool starts, as in a training run
-from pcdet.models.kd import cpu_kernels
-threads = cpu_kernels.numba_threads()
-cpu_kernels.smallest_k(np.random.rand(64, 300).astype(np.float32), 5, np.empty((64, 5), np.int64), threads)
-print(threads, torch.get_num_threads())
-"""
-
-
-def test_numba_threads_follow_torch_and_leave_it_alone():
-    """Starting numba's OpenMP pool sets the OpenMP thread count that torch reads as its own (both load one
-    libgomp); it happens once per process, so a fresh interpreter checks it."""
-    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}  # a pool larger than torch's 1 thread
-    result = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS_THREADS], capture_output=True, text=True, env=env, check=True
-    )
-    assert result.stdout.split() == ["1", "1"]
 
 
 # ------------------------------------------------------------------------------- the teacher VFE's eval shortcut

@@ -11,9 +11,9 @@ import pytest
 import shapely
 from shapely.geometry import Polygon
 
-from pcdet.datasets.kitti.kitti_object_eval_python import _jit, kitti_common
 from pcdet.datasets.kitti.kitti_object_eval_python import eval as kitti_eval
 from pcdet.datasets.kitti.kitti_object_eval_python import evaluate as kitti_cli
+from pcdet.datasets.kitti.kitti_object_eval_python import kitti_common
 from pcdet.datasets.kitti.kitti_object_eval_python.geometry import pairwise_overlaps
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -336,20 +336,6 @@ def test_rotated_overlaps_match_shapely():
     assert np.abs(pairwise_overlaps(a, b, "3d") - inter3d / (vol_a + vol_b - inter3d)).max() < 1e-9
     assert np.abs(pairwise_overlaps(a, b, "bev", criterion=0) - inter / area_b).max() < 1e-9
     assert (bev_ref > 0).mean() > 0.1  # the sample really exercises overlaps
-
-
-def test_jit_falls_back_without_cache(monkeypatch):
-    calls = []
-
-    def fake_njit(*args, **kwargs):
-        calls.append(kwargs)
-        if kwargs.get("cache"):
-            raise RuntimeError("cannot cache function: no locator available")  # what numba raises at decoration
-        return args[0]
-
-    monkeypatch.setattr(_jit.numba, "njit", fake_njit)
-    f = _jit.njit(lambda x: x + 1)
-    assert f(1) == 2 and calls == [{"cache": True}, {}]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

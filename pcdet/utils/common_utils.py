@@ -6,7 +6,6 @@ import logging
 import os
 import pickle
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +173,3 @@ def dump_pickle(obj: Any, path: str | os.PathLike) -> None:
     from .checkpoint_io import atomic_write_bytes
 
     atomic_write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), Path(path))
-
-
-def njit_cached(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``numba.njit(cache=True)``, so later processes load the compiled kernel in milliseconds; without a writable
-    cache location numba refuses ``cache=True`` at decoration time, and the kernel is then compiled uncached."""
-    import numba  # a hard requirement, imported here so that modules without kernels do not pay for it
-
-    try:
-        return numba.njit(cache=True)(fn)
-    except RuntimeError:  # "no locator available"
-        return numba.njit(fn)

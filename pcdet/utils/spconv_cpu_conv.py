@@ -16,7 +16,7 @@ import torch
 from spconv import constants as spconv_constants
 from spconv.pytorch import ops as spconv_ops
 
-from pcdet.utils.common_utils import njit_cached
+from pcdet.utils.numba_utils import njit_cached
 
 
 @njit_cached

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...utils import box_coder_utils
-from ...utils.common_utils import njit_cached
+from ...utils.numba_utils import njit_cached
 
 
 @njit_cached

@@ -8,17 +8,19 @@ formulations (they stay the CUDA path, and the tests and benchmarks compare the 
 
 Determinism: each row of a ``prange`` loop writes only its own outputs, and every sum over rows or scatter into
 shared rows runs serially in row order, so results do not depend on the thread count. Threads follow
-``torch.get_num_threads()`` (as for the pointnet2 kernels), so one knob controls both libraries.
+``torch.get_num_threads()`` (``numba_utils.numba_threads``, as for the pointnet2 kernels).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numba
 import numpy as np
 import torch
+
+from ...utils.numba_utils import insert_sorted, njit_cached
 
 _reference_depth = 0
 
@@ -42,33 +44,8 @@ def use_cpu_kernels(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors)
 
 
-def numba_threads() -> int:
-    """Sets numba's thread count to torch's (capped by numba's pool) and returns it."""
-    torch_threads = torch.get_num_threads()
-    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    # numba and torch load the same libgomp. Starting numba's OpenMP pool (the first set_num_threads) sets OpenMP's
-    # thread count to the pool size, and torch, once it has initialised its threads, reads that count as its own:
-    # with 1 thread asked for, every later torch op ran on 2 (measured: topk + matmul 1.0 s thread / 1.5 s process
-    # CPU instead of 1.5 / 1.5). Setting torch's count again restores it.
-    torch.set_num_threads(torch_threads)
-    return threads
-
-
-def _njit(parallel: bool) -> Callable[[Callable], Callable]:
-    """``numba.njit(cache=True)``; without a writable cache location numba refuses caching, then compile uncached."""
-
-    def wrap(fn: Callable) -> Callable:
-        try:
-            return numba.njit(parallel=parallel, cache=True)(fn)
-        except RuntimeError:  # "no locator available"
-            return numba.njit(parallel=parallel)(fn)
-
-    return wrap
-
-
 # ------------------------------------------------------------------------------------------ k smallest per row
-@_njit(parallel=False)
+@njit_cached
 def _order_key(bits: np.int32, index: int) -> np.int64:
     """int64 whose order is (float value, index): the float's bits made monotone as a signed int (negative floats
     flip their magnitude bits), -0.0 mapped onto +0.0 so that equal values tie, the index in the low 32 bits."""
@@ -78,7 +55,7 @@ def _order_key(bits: np.int32, index: int) -> np.int64:
     return (np.int64(key) << 32) | index
 
 
-@_njit(parallel=False)
+@njit_cached
 def _select(a: np.ndarray, n: int, r: int) -> None:
     """Quickselect: reorder ``a[:n]`` so that ``a[:r]`` holds its ``r`` smallest (in no particular order)."""
     lo, hi = 0, n - 1
@@ -107,27 +84,16 @@ def _select(a: np.ndarray, n: int, r: int) -> None:
             return
 
 
-@_njit(parallel=False)
+@njit_cached
 def _sample_threshold(row: np.ndarray, count: int, stride: int, r: int, best: np.ndarray) -> np.float32:
-    """The ``r``-th smallest of ``count`` evenly spaced samples of ``row`` (insertion into ``best``, sorted)."""
+    """The ``r``-th smallest of ``count`` evenly spaced samples of ``row`` (kept sorted in ``best``)."""
     filled = 0
     for t in range(count):
-        v = row[t * stride]
-        if filled < r:
-            pos = filled
-            filled += 1
-        elif v < best[r - 1]:
-            pos = r - 1
-        else:
-            continue
-        while pos > 0 and best[pos - 1] > v:
-            best[pos] = best[pos - 1]
-            pos -= 1
-        best[pos] = v
+        filled = insert_sorted(best, filled, r, row[t * stride])
     return best[r - 1]
 
 
-@_njit(parallel=True)
+@njit_cached(parallel=True)
 def smallest_k(block: np.ndarray, k: int, out: np.ndarray, chunks: int) -> None:
     """``out[i]`` = indices of the ``k`` smallest values of ``block[i]`` (float32), unordered; equal values are
     taken by lower index. Rows go in ``chunks`` contiguous runs, one per thread, each with its own scratch.
@@ -165,7 +131,7 @@ def smallest_k(block: np.ndarray, k: int, out: np.ndarray, chunks: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the edge loss
-@_njit(parallel=True)
+@njit_cached(parallel=True)
 def edge_loss_sum(
     a_t: np.ndarray, b_t: np.ndarray, a_s: np.ndarray, b_s: np.ndarray, neighbours: np.ndarray, weights: np.ndarray
 ) -> float:
@@ -187,7 +153,7 @@ def edge_loss_sum(
     return per_row.sum()
 
 
-@_njit(parallel=False)
+@njit_cached
 def edge_loss_backward(
     a_t: np.ndarray,
     b_t: np.ndarray,
@@ -223,7 +189,7 @@ def edge_loss_backward(
                     grad_b_t[j, c] += d
 
 
-@_njit(parallel=False)
+@njit_cached
 def scatter_rows(grad: np.ndarray, neighbours: np.ndarray, out: np.ndarray) -> None:
     """``out[neighbours[i, k]] += grad[i]`` for every edge, serially in row order: the backward of
     embedding_bag(neighbours, b, mode="sum") without its sort of all N·K indices."""

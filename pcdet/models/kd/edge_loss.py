@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ...utils.numba_utils import numba_threads
 from . import cpu_kernels
 
 
@@ -65,7 +66,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 class _FusedEdgeLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a_t, b_t, a_s, b_s, neighbours, weights, form, outputs):
-        cpu_kernels.numba_threads()
+        numba_threads()
         total = cpu_kernels.edge_loss_sum(*(_numpy(t) for t in (a_t, b_t, a_s, b_s, neighbours, weights)))
         ctx.save_for_backward(a_t, b_t, a_s, b_s, neighbours, weights)
         ctx.total, ctx.form, ctx.outputs = total, form, outputs
@@ -82,7 +83,7 @@ class _FusedEdgeLoss(torch.autograd.Function):
         arrays = [_numpy(t) for t in ctx.saved_tensors]
         grads = [np.zeros(a.shape, np.float64) for a in arrays[:4]]
         teacher = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        cpu_kernels.numba_threads()
+        numba_threads()
         cpu_kernels.edge_loss_backward(*arrays, coef * float(grad), *grads, teacher)
         out = [torch.from_numpy(g.astype(np.float32)) if need else None for g, need in zip(grads, ctx.needs_input_grad)]
         return (*out, None, None, None, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ...utils.numba_utils import numba_threads
 from . import cpu_kernels
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -44,7 +45,7 @@ def knn_indices(
     rows = max(1, int(max_chunk_bytes // (2 * num_cand * queries.element_size())))
     out = torch.empty((queries.shape[0], k), dtype=torch.long, device=queries.device)
     fused = cpu_kernels.use_cpu_kernels(queries, candidates)
-    threads = cpu_kernels.numba_threads() if fused else 1
+    threads = numba_threads() if fused else 1
     for start in range(0, queries.shape[0], rows):
         block = query_aug[start : start + rows] @ cand_aug.t()
         if fused:

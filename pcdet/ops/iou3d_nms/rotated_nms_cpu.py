@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ...utils.common_utils import njit_cached
+from ...utils.numba_utils import njit_cached
 
 # Unit-square corners, counter-clockwise (as iou3d_nms_utils._CCW_UNIT).
 _UNIT_X = np.array([0.5, 0.5, -0.5, -0.5])

@@ -1,40 +1,20 @@
-"""A numba ``njit`` that degrades gracefully.
-
-``cache=True`` makes the second process start in milliseconds instead of compiling for seconds. numba refuses
-``cache=True`` at decoration time when it finds no writable cache location (read-only install, no home); we then
-compile without caching rather than failing. Without numba at all, the plain Python functions still run (slowly).
-"""
+"""The KITTI evaluator's numba decorator: ``numba_utils.njit_cached`` (on-disk cache, uncached where no cache
+location is writable), recording every kernel so that the first evaluation can say it is about to compile."""
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ....utils.common_utils import njit_cached
+from ....utils.numba_utils import njit_cached
 
-try:
-    import numba
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - numba is a hard requirement in requirements.txt
-    numba = None
-    HAVE_NUMBA = False
-    warnings.warn(
-        "numba is not installed: the KITTI evaluator falls back to pure Python and is very slow", stacklevel=2
-    )
-
-
-# Every kernel made here, so that the first evaluation can tell whether it is about to compile.
 _KERNELS: list[Any] = []
 _announced = False
 
 
 def njit(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if not HAVE_NUMBA:  # pragma: no cover
-        return fn
     kernel = njit_cached(fn)
     _KERNELS.append(kernel)
     return kernel

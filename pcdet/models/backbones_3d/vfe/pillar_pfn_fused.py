@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ....utils.common_utils import njit_cached
+from ....utils.numba_utils import njit_cached
 
 
 @njit_cached

@@ -4,7 +4,8 @@ The PyTorch formulations there suit a GPU; on a CPU farthest point sampling is t
 (one per sampling step) and the neighbour searches are dense (queries x points) distance matrices. Here each is a
 plain loop with the arithmetic of OpenPCDet's CUDA kernels, in the input's dtype and in the same order
 (``(a - b) * (a - b)`` summed x, y, z, strict ``<``), so the indices equal the PyTorch path's, tie breaks included.
-Threads follow ``torch.get_num_threads()`` (set by the caller), so one knob controls both libraries.
+Threads follow ``torch.get_num_threads()`` (``pointnet2_utils`` calls ``numba_utils.numba_threads``), so one knob
+controls both libraries.
 """
 
 from __future__ import annotations
@@ -14,16 +15,10 @@ import math
 import numba
 import numpy as np
 
-
-def _njit_parallel(fn):
-    """``numba.njit(parallel=True, cache=True)``; without a writable cache location, compiled uncached."""
-    try:
-        return numba.njit(parallel=True, cache=True)(fn)
-    except RuntimeError:  # "no locator available"
-        return numba.njit(parallel=True)(fn)
+from ....utils.numba_utils import insert_sorted, njit_cached
 
 
-@_njit_parallel
+@njit_cached(parallel=True)
 def farthest_point_sample(xyz: np.ndarray, npoint: int, out: np.ndarray) -> None:
     """``xyz`` (3, B, N) (coordinate-major, so the inner loop reads contiguous rows) -> ``out`` (B, npoint)."""
     _, batch, n = xyz.shape
@@ -50,24 +45,7 @@ def farthest_point_sample(xyz: np.ndarray, npoint: int, out: np.ndarray) -> None
             last = best_i
 
 
-@numba.njit(cache=True)
-def _insert_sorted(row: np.ndarray, count: int, nsample: int, j: int) -> int:
-    """Keep ``row[:count]`` the smallest indices seen so far, ascending, at most ``nsample``; returns the count."""
-    if count < nsample:
-        pos = count
-        count += 1
-    elif j < row[nsample - 1]:
-        pos = nsample - 1
-    else:
-        return count
-    while pos > 0 and row[pos - 1] > j:
-        row[pos] = row[pos - 1]
-        pos -= 1
-    row[pos] = j
-    return count
-
-
-@numba.njit(cache=True)
+@njit_cached
 def _lower_bound(sorted_keys: np.ndarray, key: int) -> int:
     """First position whose key is >= ``key`` (a hand-written np.searchsorted: numba's compiles far slower)."""
     lo, hi = 0, sorted_keys.shape[0]
@@ -80,7 +58,7 @@ def _lower_bound(sorted_keys: np.ndarray, key: int) -> int:
     return lo
 
 
-@numba.njit(cache=True)
+@njit_cached
 def _cell_grid(pts: np.ndarray, cell: float):
     """Cubic cells of side ``cell`` over ``pts`` (N, 3): the grid origin and shape, and the point indices sorted
     by cell key (stably, so ascending within a cell) with their keys."""
@@ -100,7 +78,7 @@ def _cell_grid(pts: np.ndarray, cell: float):
     return lo, dims, order, keys[order]
 
 
-@_njit_parallel
+@njit_cached(parallel=True)
 def ball_query(xyz: np.ndarray, new_xyz: np.ndarray, radius2, cell: float, nsample: int, out: np.ndarray) -> None:
     """First ``nsample`` indices (ascending) of ``xyz`` (B, N, 3) with squared distance ``< radius2`` from each
     centre of ``new_xyz`` (B, M, 3), padded with the first one (0 when none) -> ``out`` (B, M, nsample).
@@ -133,13 +111,13 @@ def ball_query(xyz: np.ndarray, new_xyz: np.ndarray, radius2, cell: float, nsamp
                             d2 = (qx - pts[j, 0]) * (qx - pts[j, 0]) + (qy - pts[j, 1]) * (qy - pts[j, 1])
                             d2 += (qz - pts[j, 2]) * (qz - pts[j, 2])
                             if d2 < radius2:
-                                count = _insert_sorted(row, count, nsample, j)
+                                count = insert_sorted(row, count, nsample, j)
             first = row[0] if count > 0 else 0
             for s in range(count, nsample):
                 row[s] = first
 
 
-@_njit_parallel
+@njit_cached(parallel=True)
 def three_nn(unknown: np.ndarray, known: np.ndarray, dist2: np.ndarray, idx: np.ndarray) -> None:
     """Three nearest ``known`` (B, M, 3) points of each ``unknown`` (B, N, 3) point: squared distances and indices
     (B, N, 3), nearest first; ties keep the lower index; with M < 3 the missing ones are (inf, 0)."""

@@ -14,11 +14,11 @@ matrices there. Both paths return the same indices. Conventions:
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ....utils.numba_utils import numba_threads
 from . import cpu_kernels
 
 # Elements of one (B, queries, points) distance block in the PyTorch searches: bounds their memory (~32 MB float32).
@@ -28,10 +28,6 @@ _BLOCK_ELEMENTS = 1 << 23
 def _check_points(name: str, points: torch.Tensor) -> None:
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"{name} must be (B, N, 3), got {tuple(points.shape)}")
-
-
-def _numba_threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 def _sq_dist(queries: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -68,7 +64,7 @@ furthest_point_sample = farthest_point_sample  # OpenPCDet's spelling
 def _fps_cpu(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
     out = np.zeros((xyz.shape[0], npoint), dtype=np.int32)
     if npoint > 0:
-        _numba_threads()
+        numba_threads()
         cpu_kernels.farthest_point_sample(xyz.detach().permute(2, 0, 1).contiguous().numpy(), npoint, out)
     return torch.from_numpy(out)
 
@@ -124,7 +120,7 @@ def _ball_query_cpu(
     radius2: float, cell: float, nsample: int, xyz: torch.Tensor, new_xyz: torch.Tensor
 ) -> torch.Tensor:
     out = np.zeros((xyz.shape[0], new_xyz.shape[1], nsample), dtype=np.int32)
-    _numba_threads()
+    numba_threads()
     points = xyz.detach().contiguous().numpy()
     centres = new_xyz.detach().to(xyz.dtype).contiguous().numpy()
     cpu_kernels.ball_query(points, centres, points.dtype.type(radius2), cell, nsample, out)
@@ -188,7 +184,7 @@ def _three_nn_cpu(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Ten
     batch, n, _ = unknown.shape
     dist2 = np.empty((batch, n, 3), dtype=np.float64 if unknown.dtype == torch.float64 else np.float32)
     idx = np.empty((batch, n, 3), dtype=np.int32)
-    _numba_threads()
+    numba_threads()
     queries = unknown.detach().contiguous().numpy().astype(dist2.dtype, copy=False)
     cpu_kernels.three_nn(queries, known.detach().contiguous().numpy().astype(dist2.dtype, copy=False), dist2, idx)
     return torch.from_numpy(dist2), torch.from_numpy(idx)
