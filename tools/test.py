@@ -20,11 +20,11 @@ from pathlib import Path
 import _init_path  # noqa: F401  (repo root on sys.path)
 import torch
 from eval_utils.eval_utils import eval_single_ckpt, repeat_eval_ckpt
-from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
+from train_utils.dist_launch import init_distributed
 from train_utils.experiment import (
     ToolError,
     add_fused_inference_flag,
-    default_workers,
+    add_run_args,
     experiment_output_dir,
     load_experiment_config,
     log_run_header,
@@ -39,23 +39,9 @@ from pcdet.utils.cli import run_tool
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a 3D detector (OpenPCDet-compatible)")
-    parser.add_argument("--cfg_file", type=str, required=True, help="experiment config")
-    parser.add_argument("--batch_size", type=int, default=None, help="total batch size over all processes")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=default_workers(),
-        help="data-loader workers per process (default: min(4, cores))",
-    )
-    parser.add_argument("--extra_tag", type=str, default="default", help="experiment sub-directory")
+    add_run_args(parser)
     parser.add_argument("--ckpt", type=str, default=None, help="checkpoint to evaluate")
     parser.add_argument("--pretrained_model", type=str, default=None, help="weights loaded over --ckpt")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
-    parser.add_argument("--tcp_port", type=int, default=18888, help="rendezvous port when not set by torchrun")
-    parser.add_argument(
-        "--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds a collective waits for a lost peer"
-    )
-    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=0)
     parser.add_argument("--max_waiting_mins", type=int, default=30, help="--eval_all: wait this long for new ckpts")
     parser.add_argument("--start_epoch", type=int, default=0, help="--eval_all: first epoch to evaluate")
     parser.add_argument("--eval_tag", type=str, default="default", help="evaluation sub-directory")

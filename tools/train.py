@@ -21,11 +21,11 @@ import _init_path  # noqa: F401  (repo root on sys.path)
 import torch
 from eval_utils.eval_utils import repeat_eval_ckpt
 from tensorboardX import SummaryWriter
-from train_utils.dist_launch import DEFAULT_TIMEOUT_S, init_distributed
+from train_utils.dist_launch import init_distributed
 from train_utils.experiment import (
     ToolError,
     add_fused_inference_flag,
-    default_workers,
+    add_run_args,
     experiment_output_dir,
     load_experiment_config,
     log_run_header,
@@ -50,30 +50,16 @@ SEED = 666
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a 3D detector (OpenPCDet-compatible)")
-    parser.add_argument("--cfg_file", type=str, required=True, help="experiment config")
-    parser.add_argument("--batch_size", type=int, default=None, help="total batch size over all processes")
+    add_run_args(parser)
     parser.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the config's)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=default_workers(),
-        help="data-loader workers per process (default: min(4, cores))",
-    )
-    parser.add_argument("--extra_tag", type=str, default="default", help="experiment sub-directory")
     parser.add_argument("--ckpt", type=str, default=None, help="resume from this checkpoint")
     parser.add_argument("--pretrained_model", type=str, default=None, help="initialise from these weights")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
-    parser.add_argument("--tcp_port", type=int, default=18888, help="rendezvous port when not set by torchrun")
-    parser.add_argument(
-        "--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds a collective waits for a lost peer"
-    )
     parser.add_argument("--sync_bn", action="store_true", default=False, help="SyncBatchNorm (CUDA)")
     parser.add_argument("--fix_random_seed", action="store_true", default=False)
     parser.add_argument(
         "--seed", type=int, default=SEED, help="base seed with --fix_random_seed (OpenPCDet's 666); benchmarks vary it"
     )
     parser.add_argument("--ckpt_save_interval", type=int, default=1, help="save a checkpoint every N epochs")
-    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=0)
     parser.add_argument("--max_ckpt_save_num", type=int, default=30, help="keep this many epoch checkpoints")
     parser.add_argument("--merge_all_iters_to_one_epoch", action="store_true", default=False)
     parser.add_argument("--max_waiting_mins", type=int, default=0, help="post-training evaluation: wait for ckpts")

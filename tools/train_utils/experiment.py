@@ -14,6 +14,8 @@ from easydict import EasyDict
 from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config_to_file
 from pcdet.utils.cli import InputError
 
+from .dist_launch import DEFAULT_TIMEOUT_S
+
 
 class ToolError(InputError, RuntimeError):
     """A run that cannot do what it was asked (nothing to evaluate, flags that do not fit together)."""
@@ -22,6 +24,26 @@ class ToolError(InputError, RuntimeError):
 def default_workers() -> int:
     """``--workers`` default: OpenPCDet's 4, but never more processes than the machine has cores."""
     return min(4, os.cpu_count() or 1)
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments train.py and test.py share: the experiment and its data loading, then how it is launched
+    (single process, torchrun or slurm), each as OpenPCDet's tools spell it."""
+    parser.add_argument("--cfg_file", type=str, required=True, help="experiment config")
+    parser.add_argument("--batch_size", type=int, default=None, help="total batch size over all processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="data-loader workers per process (default: min(4, cores))",
+    )
+    parser.add_argument("--extra_tag", type=str, default="default", help="experiment sub-directory")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    parser.add_argument("--tcp_port", type=int, default=18888, help="rendezvous port when not set by torchrun")
+    parser.add_argument(
+        "--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds a collective waits for a lost peer"
+    )
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=0)
 
 
 def add_fused_inference_flag(parser: argparse.ArgumentParser, what: str = "inference") -> None:
