@@ -4,7 +4,8 @@
 
 The plain student is ``pointpillar_4x_synthetic.yaml``; each KD config distils the same student from the committed
 synthetic teacher (``checkpoints/pointpillar_synthetic_teacher.pth``: the teacher's weights decide what the term's
-reweighting selects, so they should be a trained teacher's). Batches: the config's batch size from the training
+reweighting selects, so they should be a trained teacher's), its eval forward fused (the default) or the reference
+one (``--teacher_paths fused reference`` times both). Batches: the config's batch size from the training
 pipeline of ``--data_path`` (augmentation, gt sampling, voxelisation), drawn once and reused, so every step of every
 model sees the same inputs. A step is forward + backward + gradient clipping + the config's optimizer step; the
 global step advances as in training, so the KD diagnostics run only every ``KD.DIAGNOSE_EVERY`` steps (here: at the
@@ -79,6 +80,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--teacher_paths",
+        nargs="+",
+        choices=["fused", "reference"],
+        default=["fused"],
+        help="the teacher's eval forward (KD.TEACHER.FUSED_INFERENCE); both: an A/B in one run",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -88,10 +96,13 @@ def main() -> None:
     torch.manual_seed(args.seed)
     trainees["plain 4x student"] = Trainee(student_cfg, build_network(student_cfg.MODEL, 3, dataset))
     for name in args.kd_cfgs:
-        cfg = load_cfg(_cfg_file(name), args.data_path)
-        torch.manual_seed(args.seed)
-        student = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), dataset)
-        trainees[name] = Trainee(cfg, build_distiller(cfg, student, dataset, teacher_ckpt=TEACHER_CKPT))
+        for path in args.teacher_paths:
+            cfg = load_cfg(_cfg_file(name), args.data_path)
+            cfg.KD.TEACHER.FUSED_INFERENCE = path == "fused"
+            torch.manual_seed(args.seed)
+            student = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), dataset)
+            label = name if len(args.teacher_paths) == 1 else f"{name}, {path} teacher"
+            trainees[label] = Trainee(cfg, build_distiller(cfg, student, dataset, teacher_ckpt=TEACHER_CKPT))
 
     times: dict[str, list[float]] = {name: [] for name in trainees}
     for trainee in trainees.values():

@@ -15,6 +15,7 @@ from ...config import ROOT_DIR, cfg_from_yaml_file
 from ...utils.checkpoint_io import CheckpointError, file_sha256, safe_load
 from .. import build_network
 from ..detectors import StateDictMismatchError, load_state_dict_strict
+from ..model_utils.fused_inference import enable_fused_inference
 from .errors import KDConfigError
 from .feature_matching import VoxelGrid
 
@@ -106,6 +107,10 @@ def build_teacher(
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
+    # The teacher only ever runs in eval mode under no_grad: where its modules have a fused eval path (batch-norm
+    # folded, fused kernels; equal to the reference forward up to float round-off) it is taken unless the config
+    # asks for the reference forward.
+    enable_fused_inference(model, bool(teacher_block.get("FUSED_INFERENCE", True)))
     sha256 = file_sha256(ckpt_path)
     logger.info(f"KD teacher {teacher_cfg.MODEL.NAME} from {cfg_path}, checkpoint {ckpt_path} (sha256 {sha256})")
     return Teacher(model, teacher_cfg, cfg_path, ckpt_path, sha256, own_grid)
