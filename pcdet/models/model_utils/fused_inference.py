@@ -1,13 +1,15 @@
 """Opt-in eval-time fast paths (batch-norm folded into the preceding layer, channels-last BEV maps).
 
-Training and the default eval forward are untouched: a KD teacher runs in eval mode inside a training step and its
-outputs must stay bit-identical. ``enable_fused_inference(model)`` switches the modules that have a fused path
+Training and the default eval forward are untouched (bit for bit); a module takes its fused path only when asked.
+``enable_fused_inference(model)`` switches the modules that have a fused path
 (PillarVFE, PointPillarScatter, BaseBEVBackbone, AnchorHeadSingle) to it; each uses it only in eval mode with
 autograd off, so calling ``model.train()`` or enabling gradients falls back to the reference path. The fused
 results equal the reference up to float32 round-off (folded weights, a different summation order).
 
 The tools (``test.py``, ``demo.py``, ``eval_utils``) evaluate through ``fused_inference_scope``, which sets the
 flags for the evaluation only and restores them afterwards, so a model that trains again is never left fused.
+A KD teacher (``kd/teacher.py``) is switched once when it is built, unless ``KD.TEACHER.FUSED_INFERENCE`` is false:
+it only ever runs in eval mode under ``no_grad``.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ class PFNLayer(nn.Module):
 
     def _norm_is_monotone_map(self, x: torch.Tensor) -> bool:
         """True where BN is a fixed per-channel map (eval mode, running statistics) and nothing needs gradients
-        (a KD teacher, the reference eval path). Only on the CPU, where the bit-equality below is tested."""
+        (the reference eval path, a KD teacher with FUSED_INFERENCE false). Only on the CPU, where the bit-equality
+        below is tested."""
         return (
             self.use_norm
             and not self.norm.training
