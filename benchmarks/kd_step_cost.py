@@ -94,7 +94,9 @@ def main() -> None:
     dataset, batches = _batches(student_cfg, args.repeats + 1, args.seed)
     trainees = {}
     torch.manual_seed(args.seed)
-    trainees["plain 4x student"] = Trainee(student_cfg, build_network(student_cfg.MODEL, 3, dataset))
+    trainees["plain 4x student"] = Trainee(
+        student_cfg, build_network(student_cfg.MODEL, len(student_cfg.CLASS_NAMES), dataset)
+    )
     for name in args.kd_cfgs:
         for path in args.teacher_paths:
             cfg = load_cfg(_cfg_file(name), args.data_path)
