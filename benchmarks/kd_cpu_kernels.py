@@ -72,6 +72,9 @@ def main() -> None:
     torch.manual_seed(0)
     kd_cfg, teacher_cfg = _load("pointpillar_kd"), _load("pointpillar")
     kd_cfg.KD.DIAGNOSE_EVERY = 0  # diagnostics off: every timed step is one of those between diagnosed ones
+    # The teacher's reference forward: its fused eval path (the KD default) bypasses the PFN layer whose eval
+    # shortcut this compares with the per-point path.
+    kd_cfg.KD.TEACHER.FUSED_INFERENCE = False
     dataset = _dataset(kd_cfg)
     teacher = build_network(teacher_cfg.MODEL, 3, _dataset(teacher_cfg))
     student = build_network(kd_cfg.MODEL, 3, dataset)
@@ -130,7 +133,7 @@ def main() -> None:
             times[name].append(_timed(fn))
     rows = int((graphs[True].weights > 0).sum())
     print(f"{teacher_nodes.shape[0]} pillars, {num_nodes} queries ({rows} with phi > 0 under RL), K {k}, A {width}")
-    # torch's own count at the end: numba's OpenMP pool must not have changed it (cpu_kernels.numba_threads)
+    # torch's own count at the end: numba's OpenMP pool must not have changed it (numba_utils.numba_threads)
     threads_now = torch.get_num_threads()
     print(f"torch {torch.__version__}, threads {args.threads} (at the end {threads_now}), medians of {args.repeats}")
     print(f"{'case':58s} {'thread s':>9s} {'process s':>9s}")
