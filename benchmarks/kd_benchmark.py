@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import data_formats  # noqa: E402  (tools/ is not a package; the stage runner and the data formats live there)
 import kd_report  # noqa: E402
 import kd_runs  # noqa: E402
-import stage_runner  # noqa: E402  (tools/ is not a package; the stage runner lives there)
+import stage_runner  # noqa: E402
 
 from pcdet.utils.checkpoint_io import file_sha256  # noqa: E402
 
@@ -48,7 +49,6 @@ def runs_for(dataset: str, family: kd_runs.Family) -> dict:
 
 
 ALL_RUN_NAMES = sorted({name for f in kd_runs.FAMILIES.values() for name in (*f.runs, *f.screens)})
-DATA_ROOT = REPO / "data" / "synthetic_bench"  # the protocol's data (stage_runner.protocol_data)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,12 +77,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--curves", action="store_true", help="dev learning curves (teacher, 4x, 16x)")
     parser.add_argument("--curve_every", type=int, default=2, help="curves: evaluate every N-th epoch (and the last)")
-    parser.add_argument("--train_frames", type=int, default=800)
-    parser.add_argument("--dev_frames", type=int, default=200)
-    parser.add_argument("--test_frames", type=int, default=500)
-    parser.add_argument("--data_root", type=str, default=None, help="default: data/synthetic_bench, data/kitti")
+    parser.add_argument("--train_frames", type=int, default=None, help="default: KITTI format 800, nuScenes 400")
+    parser.add_argument("--dev_frames", type=int, default=None, help="default: KITTI format 200, nuScenes 100")
+    parser.add_argument("--test_frames", type=int, default=None, help="default: KITTI format 500, nuScenes 250")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="every run's schedule (default: synthetic 16, kitti 80)"
+        "--samples_per_scene", type=int, default=None, help="nuScenes: key frames per scene (default 10)"
+    )
+    parser.add_argument(
+        "--data_root",
+        type=str,
+        default=None,
+        help="default: data/synthetic_bench (KITTI format), data/synthetic_bench_nuscenes, data/kitti",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="every run's schedule (default: the family's synthetic one, kitti 80)"
     )
     parser.add_argument("--teacher_epochs", type=int, default=None, help="the teachers' schedule (default: --epochs)")
     parser.add_argument("--teacher_tag", type=str, default=None, help="reuse the teachers of this --extra_tag")
@@ -96,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", type=str, default=None, help="default: docs/BENCHMARK[_<DETECTOR>][_DEV].md")
     args = parser.parse_args(argv)
     args.family = kd_runs.FAMILIES[args.detector]
+    args.format = data_formats.FORMATS[args.family.data_format]
+    if args.dataset == "kitti" and args.format.name != "kitti":
+        parser.error(f"--dataset kitti runs the KITTI families; {args.detector} is a {args.format.name} family")
     table = runs_for(args.dataset, args.family)
     args.runs = args.runs or [name for name in table if name not in args.family.screens]
     if args.split == "test" and set(args.runs) & set(args.family.screens):
@@ -105,8 +116,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"runs without a {args.dataset} {args.detector} config: {', '.join(missing)}")
     if args.dataset == "kitti" and (args.split == "dev" or args.curves):
         parser.error("the KITTI protocol is the paper's: no dev split; --split test evaluates on KITTI val")
-    args.data_root = args.data_root or str(DATA_ROOT if args.dataset == "synthetic" else REPO / "data" / "kitti")
-    args.epochs = args.epochs or (16 if args.dataset == "synthetic" else 80)
+    defaults = args.format.sizes
+    args.train_frames = args.train_frames or defaults.train
+    args.dev_frames = args.dev_frames or defaults.dev
+    args.test_frames = args.test_frames or defaults.test
+    args.samples_per_scene = args.samples_per_scene or defaults.samples_per_scene
+    default_root = args.format.default_root if args.dataset == "synthetic" else "data/kitti"
+    args.data_root = args.data_root or str(REPO / default_root)
+    args.epochs = args.epochs or (args.family.epochs if args.dataset == "synthetic" else 80)
     args.teacher_epochs = args.teacher_epochs or args.epochs
     args.extra_tag = args.extra_tag or ("bench" if args.detector == "pointpillar" else f"bench_{args.detector}")
     args.teacher_tag = args.teacher_tag or args.extra_tag
@@ -193,9 +210,9 @@ def curve_jobs(args, runner: stage_runner.Runner, dev_dir: Path, trained: dict) 
 
 
 def prepare(args, runs: dict) -> tuple[Path, Path, dict]:
-    """(training data, evaluation data, data meta). Synthetic: generate the protocol's data; the test set only when
-    the test split is reported. KITTI: the user's prepared data/kitti (infos made by create_kitti_infos); training on
-    its train split, the table on its val split."""
+    """(training data, evaluation data, data meta). Synthetic: generate the protocol's data in the family's format;
+    the test set only when the test split is reported. KITTI: the user's prepared data/kitti (infos made by
+    create_kitti_infos); training on its train split, the table on its val split."""
     root = Path(args.data_root).resolve()
     if args.dataset == "kitti":
         infos = [root / f"kitti_infos_{split}.pkl" for split in ("train", "val")] + [root / "kitti_dbinfos_train.pkl"]
@@ -206,13 +223,9 @@ def prepare(args, runs: dict) -> tuple[Path, Path, dict]:
                 f"create_kitti_infos cfgs/dataset_configs/kitti_dataset.yaml --data_path {root}"
             )
         return root, root, {"dataset": "kitti", "infos": [file_sha256(p) for p in infos]}
-    specs = stage_runner.protocol_data(root, args.train_frames, args.dev_frames, args.test_frames)
-    pc_range = list(stage_runner.stage_config(runs["teacher"][1], []).DATA_CONFIG.POINT_CLOUD_RANGE)
-    meta = stage_runner.prepare_data(specs["trainval"], pc_range)
-    if args.split == "dev":
-        return specs["trainval"].path, specs["trainval"].path, meta
-    stage_runner.prepare_data(specs["test"], pc_range)
-    return specs["trainval"].path, specs["test"].path, meta
+    sizes = data_formats.Sizes(args.train_frames, args.dev_frames, args.test_frames, args.samples_per_scene)
+    trainval, test, meta = args.format.prepare(root, sizes, runs["teacher"][1], with_test=args.split == "test")
+    return trainval, test or trainval, meta
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     out_root = Path(args.output_root).resolve() if args.output_root else REPO / "output"
     job_dir = out_root / "kd_benchmark" / args.extra_tag
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.parallel))
-    runner = stage_runner.Runner(args, job_dir, train_dir, meta, threads=threads)
+    runner = stage_runner.Runner(args, job_dir, train_dir, meta, threads=threads, data_format=args.format.name)
     runner.echo = args.parallel <= 1
     runner.show_progress = not runner.echo
     jobs = plan(args, runs, runner, eval_dir, args.split)

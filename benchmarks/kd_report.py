@@ -17,20 +17,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
-import stage_runner  # noqa: E402
-
 from pcdet.utils.checkpoint_io import atomic_write_bytes, safe_load  # noqa: E402
 
-METRICS = ["mAP_3d", "mAP_bev"] + [f"{c}_{m}" for c in stage_runner.CLASSES for m in ("3d", "bev")]
-HEADERS = ["mAP 3D", "mAP BEV"] + [f"{c[:3]} {m.upper()}" for c in stage_runner.CLASSES for m in ("3d", "bev")]
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "global_step")
 
-# The protocol, fixed before any run (docs/BENCHMARK.md starts with it; the script rewrites the page).
+# The protocol, fixed before any run (docs/BENCHMARK.md starts with it; the script rewrites the page). The data
+# and metric bullets are the family's data format's (tools/data_formats.py).
 PROTOCOL = """## Protocol
 
-- **Data: three splits from separate generator seeds**, synthetic KITTI-format (docs/SYNTHETIC.md), labelled in
-  the detectors' BEV range. `data/synthetic_bench/trainval`: generator seed 1, train + dev frames with disjoint ids;
-  `data/synthetic_bench/test`: generator seed 2, every frame an evaluation frame.
+- **Data: three splits from separate generator seeds**, {data}.
 - **train** trains every model. **dev** serves every choice: schedules (learning curves), KD weights and options,
   which option configs are reported — `--split dev` and `--curves` write docs/BENCHMARK_DEV.md and
   docs/BENCHMARK_CURVES.md and never generate or open the test set. **test** is opened only by `--split test`,
@@ -40,17 +35,16 @@ PROTOCOL = """## Protocol
   difference is paired. Students and teachers have the same schedule (`--epochs`) unless `--teacher_epochs` sets
   the teachers' apart (the short-schedule screen of docs/KD_STUDY.md: students 4 epochs, teachers 16).
 - **Tuning budget** (PointPillars; SECOND runs the paper's settings and the frozen-adapter fix found here,
-  PointRCNN the paper's): every KD method gets a dev screen at the 4-epoch budget (seed 0) before its test rows:
-  PointDistiller four variants (paper settings, frozen teacher adapter, per-sample graphs, BEV features), each
-  baseline its first-guess weight and the weight whose KD gradient at iteration 1 equals PointDistiller's, ÷ 10,
-  × 1 and × 10 (`--runs <baseline>_cal <baseline>_caldiv10 <baseline>_calmul10`, dev only); the best on dev 3D mAP
-  is what the test table runs.
+  PointRCNN the paper's, the nuScenes families their configs' settings): every KD method gets a dev screen at the
+  4-epoch budget (seed 0) before its test rows: PointDistiller four variants (paper settings, frozen teacher
+  adapter, per-sample graphs, BEV features), each baseline its first-guess weight and the weight whose KD gradient
+  at iteration 1 equals PointDistiller's, ÷ 10, × 1 and × 10 (`--runs <baseline>_cal <baseline>_caldiv10
+  <baseline>_calmul10`, dev only); the best on dev 3D mAP is what the test table runs.
 - **Seeds per row**: the claim's rows (teacher, 4x, PointDistiller as chosen on dev) on every `--seeds` (more
   when the paired std asks for it); the rest of the core (PointDistiller's paper setting, the five baselines) on
   `--core_seeds`; 16x, ablations and option studies on `--study_seeds` (default: the first seed).
-- **Metric**: KITTI moderate R40 AP (the official-devkit-equivalent evaluator), BEV and 3D, per class and the
-  3-class mean; mean ± sample std over seeds; for distilled runs the seed-paired difference to the plain student of
-  the same width, and whether its mean exceeds twice its sample std.
+- **Metric**: {metric}; mean ± sample std over seeds; for distilled runs the seed-paired difference to the
+  plain student of the same width, and whether its mean exceeds twice its sample std.
 - **Interruption**: every run is an ordinary train.py / test.py call recorded in a stage book; the same command
   resumes (also across sessions) and skips what finished with the same inputs.
 """
@@ -108,13 +102,13 @@ def baseline_of(context: Context, name: str) -> str | None:
     return next(n for n, (_, train_cfg, _, d) in context.runs.items() if not d and train_cfg == eval_cfg)
 
 
-def _rows(results: dict, name: str) -> dict[int, dict]:
+def _rows(context: Context, results: dict, name: str) -> dict[int, dict]:
     """seed -> metric row of the finished evaluations of run ``name``."""
-    rows = {}
+    metrics, rows = context.args.format.metrics, {}
     for job_name, result in results.items():
         run, seed = job_name.split("/")
         if run == name:
-            rows[int(seed.removeprefix("seed"))] = stage_runner.metric_row(result["summary"]["metrics"]) | {
+            rows[int(seed.removeprefix("seed"))] = metrics.row(result["summary"]["metrics"]) | {
                 "latency_ms": result["summary"].get("latency_ms"),
                 "ckpt": result["ckpt"],
             }
@@ -126,7 +120,7 @@ def paired(context: Context, results: dict, name: str, metric: str) -> list[floa
     base = baseline_of(context, name)
     if base is None:
         return []
-    mine, theirs = _rows(results, name), _rows(results, base)
+    mine, theirs = _rows(context, results, name), _rows(context, results, base)
     return [mine[s][metric] - theirs[s][metric] for s in sorted(mine) if s in theirs]
 
 
@@ -144,12 +138,13 @@ def bar_chart(context: Context, results: dict, out_file: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in context.runs if _rows(results, n)]
+    names = [n for n in context.runs if _rows(context, results, n)]
     if not names:
         return None
+    metrics = context.args.format.metrics
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(names) + 1.5), sharey=True)
-    for ax, metric, title in zip(axes, ("mAP_3d", "mAP_bev"), ("moderate 3D mAP", "moderate BEV mAP")):
-        values = [[r[metric] for r in _rows(results, n).values()] for n in names]
+    for ax, metric, title in zip(axes, metrics.primary, metrics.titles):
+        values = [[r[metric] for r in _rows(context, results, n).values()] for n in names]
         means = [statistics.mean(v) for v in values]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
         colours = ["tab:gray" if baseline_of(context, n) is None else "tab:blue" for n in names]
@@ -157,7 +152,7 @@ def bar_chart(context: Context, results: dict, out_file: Path) -> Path | None:
         for i, (m, v) in enumerate(zip(means, values)):
             ax.text(m, i, f" {m:.1f} (n={len(v)})", va="center", fontsize=8)
         ax.set_title(f"{title}, {context.split} split (mean ± std over seeds)")
-        ax.set_xlabel("AP (R40)")
+        ax.set_xlabel(metrics.axis)
     axes[0].set_yticks(range(len(names)), [context.runs[n][0] for n in names])
     axes[0].invert_yaxis()
     fig.tight_layout()
@@ -192,6 +187,8 @@ def _command(args) -> str:
         "test_frames",
         "parallel",
     ]
+    if args.format.name == "nuscenes":
+        keys.insert(-1, "samples_per_scene")
     keys += ["extra_tag", "teacher_tag"]
     for key in keys:
         value = getattr(args, key)
@@ -208,16 +205,21 @@ def _data_line(args, iters: int) -> str:
             f"Data: KITTI at {args.data_root}, trained on its train split, the table on its val split (the paper's "
             f"protocol and configs). Schedule: {args.epochs} epochs for teachers and students."
         )
+    if args.format.name == "nuscenes":  # CBGS resampling sets an epoch's length: train.py's log has it
+        scenes, schedule = f" in scenes of {args.samples_per_scene} key frames", "class-balanced (CBGS) epochs"
+    else:
+        scenes, schedule = "", f"epochs ({iters} iterations at batch {args.batch_size or 4})"
     return (
-        f"Data: synthetic KITTI-format, train {args.train_frames} frames + dev {args.dev_frames} (generator seed 1), "
-        f"test {args.test_frames} (seed 2). Schedule: students {args.epochs} epochs ({iters} iterations at batch "
-        f"{args.batch_size or 4}), teachers {args.teacher_epochs}; the rest as in "
-        "tools/cfgs/kitti_models/*_synthetic.yaml."
+        f"Data: synthetic {args.format.name} format, train {args.train_frames} frames + dev {args.dev_frames} "
+        f"(generator seed 1), test {args.test_frames} (seed 2){scenes}. Schedule: students {args.epochs} "
+        f"{schedule}, teachers {args.teacher_epochs}; the rest as in tools/cfgs/{args.format.cfg_dir}/*_synthetic.yaml."
     )
 
 
 def write_report(context: Context, results: dict, out_file: Path) -> str:
     args = context.args
+    metrics = args.format.metrics
+    first, second = (metrics.columns[m] for m in metrics.primary)
     wall = (time.time() - context.started) / 60
     total = context.planned
     chart = bar_chart(context, results, out_file.parent / "images" / "benchmark" / f"{out_file.stem.lower()}.png")
@@ -230,42 +232,42 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
         "",
         "What the dev-split experiments found, and why, is in [KD_STUDY.md](KD_STUDY.md).",
         "",
-        PROTOCOL,
+        PROTOCOL.format(data=args.format.data, metric=metrics.protocol),
         "## Results",
         "",
         f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {args.parallel} runs "
         f"side by side; code: {context.code}; wall time of this invocation {wall:.0f} min. {_data_line(args, iters)} "
         "Seed s: teacher trained with seed s, the seed-s students distil from it.",
         "",
-        f"KITTI moderate R40 AP on the **{context.split}** split, mean ± sample std over the seeds a row holds. "
+        f"{metrics.describe} on the **{context.split}** split, mean ± sample std over the seeds a row holds. "
         "Latency: test.py --infer_time, batch 1, measured while another run shared the CPU (indicative only).",
         "",
-        "| run | seeds | params (M) | latency (ms) | " + " | ".join(HEADERS) + " |",
-        "|---|---|---|---|" + "---|" * len(HEADERS),
+        "| run | seeds | params (M) | latency (ms) | " + " | ".join(metrics.columns.values()) + " |",
+        "|---|---|---|---|" + "---|" * len(metrics.columns),
     ]
     for name in ["teacher", *(n for n in args.runs if n != "teacher")]:
-        rows = _rows(results, name)
+        rows = _rows(context, results, name)
         if not rows:
-            lines.append(f"| {context.runs[name][0]} | 0 | | | " + " | ".join("–" for _ in HEADERS) + " |")
+            lines.append(f"| {context.runs[name][0]} | 0 | | | " + " | ".join("–" for _ in metrics.columns) + " |")
             continue
         params = count_parameters(next(iter(rows.values()))["ckpt"]) / 1e6
         latencies = [r["latency_ms"] for r in rows.values() if r["latency_ms"] is not None]
         latency = f"{statistics.median(latencies):.1f}" if latencies else "n/a"
-        cells = " | ".join(mean_std([r[m] for r in rows.values()]) for m in METRICS)
+        cells = " | ".join(mean_std([r[m] for r in rows.values()]) for m in metrics.columns)
         lines.append(f"| {context.runs[name][0]} | {len(rows)} | {params:.2f} | {latency} | {cells} |")
     lines += [
         "",
         "Seed-paired differences to the plain student of the same width (same seed: same teacher, same data order), "
-        "mean ± sample std; 'gain > 2 std' asks whether the mean 3D gain exceeds twice that std.",
+        f"mean ± sample std; 'gain > 2 std' asks whether the mean {first} gain exceeds twice that std.",
         "",
-        "| run | vs | seeds | Δ mAP 3D | Δ mAP BEV | gain > 2 std (3D) |",
+        f"| run | vs | seeds | Δ {first} | Δ {second} | gain > 2 std ({first}) |",
         "|---|---|---|---|---|---|",
     ]
     for name in args.runs:
         base = baseline_of(context, name)
         if base is None:
             continue
-        d3, dbev = paired(context, results, name, "mAP_3d"), paired(context, results, name, "mAP_bev")
+        d3, dbev = (paired(context, results, name, metric) for metric in metrics.primary)
         lines.append(
             f"| {context.runs[name][0]} | {context.runs[base][0]} | {len(d3)} | {mean_std(d3)} | {mean_std(dbev)} "
             f"| {verdict(d3)} |"
@@ -278,16 +280,19 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
 
 
 def write_curves(context: Context, curves: dict, out_file: Path) -> Path:
-    """Dev learning curves: moderate 3D / BEV mAP of each kept epoch checkpoint (table + PNG)."""
+    """Dev learning curves: the two headline metrics (KITTI: moderate 3D / BEV mAP) and the table's third column of
+    each kept epoch checkpoint (table + PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics = context.args.format.metrics
+    third = list(metrics.columns)[2]
     series: dict[str, dict[int, list[dict]]] = {}
     for job_name, result in curves.items():
         _, name, _seed, _ = job_name.split("/")
-        series.setdefault(name, {}).setdefault(result["epoch"], []).append(stage_runner.metric_row(result["metrics"]))
+        series.setdefault(name, {}).setdefault(result["epoch"], []).append(metrics.row(result["metrics"]))
     iters_per_epoch = math.ceil(context.args.train_frames / (context.args.batch_size or 4))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     lines = [
@@ -297,12 +302,12 @@ def write_curves(context: Context, curves: dict, out_file: Path) -> Path:
         "epoch), evaluated on dev; mean over seeds. The schedule is one-cycle, so a mid-run checkpoint is not what a "
         "shorter schedule would reach: the curve shows where training stops paying, not the best short schedule.",
         "",
-        "| run | epoch | iterations | seeds | mAP 3D | mAP BEV | Car 3D |",
+        f"| run | epoch | iterations | seeds | {' | '.join(metrics.columns[m] for m in (*metrics.primary, third))} |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, by_epoch in series.items():
         epochs = sorted(by_epoch)
-        for ax, metric in zip(axes, ("mAP_3d", "mAP_bev")):
+        for ax, metric in zip(axes, metrics.primary):
             ax.plot(
                 [e * iters_per_epoch for e in epochs],
                 [statistics.mean(r[metric] for r in by_epoch[e]) for e in epochs],
@@ -311,12 +316,9 @@ def write_curves(context: Context, curves: dict, out_file: Path) -> Path:
             )
         for e in epochs:
             rows = by_epoch[e]
-            lines.append(
-                f"| {context.runs[name][0]} | {e} | {e * iters_per_epoch} | {len(rows)} | "
-                f"{mean_std([r['mAP_3d'] for r in rows])} | {mean_std([r['mAP_bev'] for r in rows])} | "
-                f"{mean_std([r['Car_3d'] for r in rows])} |"
-            )
-    for ax, title in zip(axes, ("moderate 3D mAP (dev)", "moderate BEV mAP (dev)")):
+            cells = " | ".join(mean_std([r[m] for r in rows]) for m in (*metrics.primary, third))
+            lines.append(f"| {context.runs[name][0]} | {e} | {e * iters_per_epoch} | {len(rows)} | {cells} |")
+    for ax, title in zip(axes, (f"{t} (dev)" for t in metrics.titles)):
         ax.set_title(title)
         ax.set_xlabel("training iterations")
         ax.grid(alpha=0.3)

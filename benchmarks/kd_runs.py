@@ -1,4 +1,5 @@
-"""The KD benchmark's run tables, one per detector family: which configs a row trains and evaluates.
+"""The KD benchmark's run tables, one per detector family: which configs a row trains and evaluates (configs of the
+family's data format: tools/cfgs/kitti_models or tools/cfgs/nuscenes_models).
 
 A row is ``name -> (label, train config, eval config, distilled from the seed's teacher?)``; every table has a
 ``teacher`` row. The claim rows (teacher, plain student, the chosen PointDistiller) run on every ``--seeds``, the
@@ -18,6 +19,8 @@ class Family:
     curves: tuple[str, ...] = ()  # rows whose epoch checkpoints are kept for learning curves
     screens: dict[str, tuple[str, str, str, bool]] = field(default_factory=dict)  # dev-only choice runs
     report: str = "BENCHMARK.md"  # the test-split page under docs/
+    data_format: str = "kitti"  # a name of tools/data_formats.FORMATS: configs folder, protocol data, metrics
+    epochs: int = 16  # the synthetic schedule (the configs' NUM_EPOCHS)
 
 
 def _pointpillar() -> Family:
@@ -87,4 +90,33 @@ def _pointrcnn() -> Family:
     return Family(runs, claim, claim, report="BENCHMARK_POINTRCNN.md")
 
 
-FAMILIES: dict[str, Family] = {"pointpillar": _pointpillar(), "second": _second(), "pointrcnn": _pointrcnn()}
+def _pp_multihead() -> Family:
+    teacher, s2 = "cbgs_pp_multihead_synthetic.yaml", "cbgs_pp_multihead_2x_synthetic.yaml"
+    runs = {
+        "teacher": ("PointPillars-MultiHead teacher", teacher, teacher, False),
+        "2x": ("MultiHead 2x student", s2, s2, False),
+        "pointdistiller": ("MultiHead 2x + PointDistiller", "cbgs_pp_multihead_kd_synthetic.yaml", s2, True),
+    }
+    claim = ("teacher", "2x", "pointdistiller")
+    return Family(runs, claim, claim, report="BENCHMARK_PP_MULTIHEAD.md", data_format="nuscenes", epochs=10)
+
+
+def _centerpoint() -> Family:
+    stem = "cbgs_voxel0075_res3d_centerpoint"
+    teacher, s4, kd = f"{stem}_synthetic.yaml", f"{stem}_4x_synthetic.yaml", f"{stem}_kd_synthetic.yaml"
+    runs = {
+        "teacher": ("CenterPoint teacher", teacher, teacher, False),
+        "4x": ("CenterPoint 4x student", s4, s4, False),
+        "pointdistiller": ("CenterPoint 4x + PointDistiller + heatmap KD", kd, s4, True),
+    }
+    claim = ("teacher", "4x", "pointdistiller")
+    return Family(runs, claim, claim, report="BENCHMARK_CENTERPOINT.md", data_format="nuscenes", epochs=10)
+
+
+FAMILIES: dict[str, Family] = {
+    "pointpillar": _pointpillar(),
+    "second": _second(),
+    "pointrcnn": _pointrcnn(),
+    "pp_multihead": _pp_multihead(),
+    "centerpoint": _centerpoint(),
+}

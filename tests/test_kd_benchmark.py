@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import data_formats  # noqa: E402
 import kd_benchmark  # noqa: E402
 import kd_runs  # noqa: E402
 from stage_runner import Job, run_jobs  # noqa: E402
@@ -78,8 +79,8 @@ def test_weight_screens_are_dev_only_and_not_default():
 
 
 def test_each_family_has_its_configs_tag_and_page():
-    cfg_dir = REPO / "tools" / "cfgs" / "kitti_models"
     for family in kd_runs.FAMILIES.values():
+        cfg_dir = REPO / "tools" / "cfgs" / data_formats.FORMATS[family.data_format].cfg_dir
         assert "teacher" in family.core and set(family.core) <= set(family.runs)
         for _, train_cfg, eval_cfg, distilled in family.runs.values():
             assert (cfg_dir / train_cfg).is_file() and (cfg_dir / eval_cfg).is_file()
@@ -90,6 +91,12 @@ def test_each_family_has_its_configs_tag_and_page():
     assert Path(kd_benchmark.parse_args(["--split", "dev"]).report).name == "BENCHMARK_DEV.md"
     with pytest.raises(SystemExit):  # a PointPillars-only row asked of PointRCNN
         kd_benchmark.parse_args(["--detector", "pointrcnn", "--runs", "at"])
+    args = kd_benchmark.parse_args(["--detector", "centerpoint", "--seeds", "1"])
+    assert args.format.name == "nuscenes" and args.epochs == 10 and args.train_frames == 400
+    assert Path(args.data_root).name == "synthetic_bench_nuscenes"
+    assert Path(args.report).name == "BENCHMARK_CENTERPOINT.md"
+    with pytest.raises(SystemExit):  # real KITTI has no nuScenes family
+        kd_benchmark.parse_args(["--detector", "pp_multihead", "--dataset", "kitti"])
 
 
 def test_plan_lists_every_core_row_before_the_studies():
@@ -173,3 +180,52 @@ def test_kitti_protocol_runs_the_papers_configs_on_real_frames(tmp_path):
     )
     refused = subprocess.run(cmd + ["--split", "dev"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "no dev split" in refused.stderr
+
+
+@pytest.mark.slow
+def test_nuscenes_protocol_data_is_split_by_the_devkit_and_reused(tmp_path):
+    pytest.importorskip("nuscenes")
+    import pickle
+
+    fmt, root = data_formats.FORMATS["nuscenes"], tmp_path / "bench"
+    sizes = data_formats.Sizes(train=4, dev=2, test=2, samples_per_scene=2)
+    teacher = kd_runs.FAMILIES["pp_multihead"].runs["teacher"][1]
+    trainval, test, meta = fmt.prepare(root, sizes, teacher, with_test=False)
+    assert test is None and not (root / "test").exists()  # a dev-split run never makes the test set
+    trainval, test, meta = fmt.prepare(root, sizes, teacher, with_test=True)
+    assert meta == fmt.data_meta(trainval) and meta["scenes"] == 3 and meta["val_scenes"] == 1
+
+    def infos(data_dir: Path, split: str) -> list[dict]:
+        return pickle.loads((data_dir / fmt.version / f"nuscenes_infos_10sweeps_{split}.pkl").read_bytes())
+
+    train, dev, held_out = infos(trainval, "train"), infos(trainval, "val"), infos(test, "val")
+    assert (len(train), len(dev), len(held_out), len(infos(test, "train"))) == (4, 2, 2, 0)
+    tokens = [info["token"] for info in train + dev + held_out]
+    assert len(set(tokens)) == 8  # no frame in two splits
+    clouds = {(d / fmt.version / i["lidar_path"]).read_bytes() for d, s in ((trainval, train + dev), (test, held_out))
+              for i in s}  # fmt: skip
+    assert len(clouds) == 8
+    assert fmt.set_cfgs(test) == ["DATA_CONFIG.DATA_PATH", str(test), "DATA_CONFIG.VERSION", "v1.0-trainval"]
+
+    stamp = (trainval / fmt.version / "bench_ready.json").stat().st_mtime_ns
+    fmt.prepare(root, sizes, teacher, with_test=True)  # the same sizes: nothing regenerated
+    assert (trainval / fmt.version / "bench_ready.json").stat().st_mtime_ns == stamp
+    fmt.prepare(root, data_formats.Sizes(2, 2, 2, 2), teacher, with_test=False)  # other sizes: made anew
+    assert len(infos(trainval, "train")) == 2 and fmt.data_meta(trainval)["scenes"] == 2
+    with pytest.raises(SystemExit, match="multiple of 2"):
+        fmt.prepare(root, data_formats.Sizes(3, 2, 2, 2), teacher, with_test=False)
+
+
+def test_nuscenes_table_columns_are_keys_the_devkit_summary_gives():
+    from pcdet.datasets.nuscenes import nuscenes_eval, nuscenes_utils
+
+    pytest.importorskip("nuscenes")
+    from nuscenes.eval.common.config import config_factory
+
+    empty = nuscenes_eval._empty_submission_summary(config_factory(nuscenes_eval.EVAL_CONFIG))
+    empty["mean_ap"], empty["nd_score"] = 0.25, 0.5
+    empty["mean_dist_aps"]["car"] = 0.75
+    _, flat = nuscenes_eval.format_metrics(empty, list(nuscenes_utils.DETECTION_CLASSES))
+    row = data_formats.NUSCENES_METRICS.row(flat)
+    assert set(row) == set(data_formats.NUSCENES_METRICS.columns)
+    assert (row["mAP"], row["NDS"], row["car_AP"], row["pedestrian_AP"], row["mATE"]) == (25.0, 50.0, 75.0, 0.0, 1.0)

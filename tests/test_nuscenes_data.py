@@ -269,3 +269,19 @@ def test_generator_is_deterministic(tmp_path):
         assert (a / VERSION / f"{name}.json").read_bytes() == (b / VERSION / f"{name}.json").read_bytes(), name
     files = sorted(p.relative_to(a) for p in a.glob("s*/LIDAR_TOP/*.pcd.bin"))
     assert len(files) == 9 + 10 + 1 and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_trainval_scene_names_follow_the_devkits_splits():
+    from nuscenes.utils import splits
+
+    from pcdet.datasets.synthetic.generate_nuscenes import MINI_SCENES, scene_names
+
+    names = scene_names("v1.0-trainval", 7, val_scenes=2)
+    assert len(set(names)) == 7 and set(names[:2]) <= set(splits.val) and set(names[2:]) <= set(splits.train)
+    assert set(scene_names("v1.0-trainval", 3, val_scenes=3)) <= set(splits.val)  # a held-out, all-val set
+    assert scene_names("v1.0-mini", 3) == list(MINI_SCENES[:3])  # v1.0-mini keeps its names and order
+    for version, scenes, val in (("v1.0-mini", 11, None), ("v1.0-mini", 3, 1), ("v1.0-trainval", 2, 3)):
+        with pytest.raises(ValueError):
+            scene_names(version, scenes, val)
+    with pytest.raises(ValueError, match="version"):
+        scene_names("v1.0-test", 2)

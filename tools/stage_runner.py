@@ -122,9 +122,9 @@ class StageBook:
             atomic_write_bytes(json.dumps(self.done, indent=2).encode(), self.path)
 
 
-def stage_config(cfg_name: str, set_cfgs: list[str]) -> EasyDict:
+def stage_config(cfg_name: str, set_cfgs: list[str], cfg_dir: str = "kitti_models") -> EasyDict:
     config = copy.deepcopy(base_cfg)
-    return load_experiment_config(str(Path("cfgs/kitti_models") / cfg_name), set_cfgs, config)
+    return load_experiment_config(str(Path("cfgs") / cfg_dir / cfg_name), set_cfgs, config)
 
 
 @dataclass(frozen=True)
@@ -186,15 +186,27 @@ class Runner:
 
     Training always reads ``DATA_CONFIG.DATA_PATH`` = ``train_data`` (its train split); ``test`` evaluates on the
     val split of the data directory it is given. ``threads`` (torch/OpenMP threads per stage process) and ``echo``
-    are set by whoever schedules the stages (side by side: one thread each, quiet).
+    are set by whoever schedules the stages (side by side: one thread each, quiet). ``data_format`` (a name of
+    ``data_formats.FORMATS``) says where the configs live and how a stage points one at a data directory.
     """
 
-    def __init__(self, args, job_dir: Path, train_data: Path, meta: dict, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        args,
+        job_dir: Path,
+        train_data: Path,
+        meta: dict,
+        threads: int | None = None,
+        data_format: str = "kitti",
+    ) -> None:
+        from data_formats import FORMATS  # it builds on this module
+
         self.args = args
         self.job_dir = job_dir
         self.train_data = train_data.resolve()
         self.meta = meta
-        self.set_cfgs = ["DATA_CONFIG.DATA_PATH", str(self.train_data)]
+        self.format = FORMATS[data_format]
+        self.set_cfgs = self.format.set_cfgs(self.train_data)
         self.out_root = Path(args.output_root).resolve() if args.output_root else ROOT_DIR / "output"
         self.book = StageBook(job_dir / "stages.json", args.fresh)
         self.threads = threads
@@ -233,11 +245,12 @@ class Runner:
     ) -> tuple[Path, Path]:
         """Train ``cfg_name`` (unless done) and return ``(final checkpoint, run directory)``; ``keep_ckpts`` epoch
         checkpoints are kept (learning curves evaluate them)."""
-        cfg = stage_config(cfg_name, self.set_cfgs)
+        cfg = stage_config(cfg_name, self.set_cfgs, self.format.cfg_dir)
         epochs = epochs or self.args.epochs or cfg.OPTIMIZATION.NUM_EPOCHS
         run_dir = experiment_output_dir(cfg, extra_tag, self.out_root)
         ckpt = run_dir / "ckpt" / f"checkpoint_epoch_{epochs}.pth"
-        cmd = [sys.executable, "train.py", "--cfg_file", f"cfgs/kitti_models/{cfg_name}", "--extra_tag", extra_tag]
+        cfg_file = f"cfgs/{self.format.cfg_dir}/{cfg_name}"
+        cmd = [sys.executable, "train.py", "--cfg_file", cfg_file, "--extra_tag", extra_tag]
         cmd += ["--fix_random_seed", "--workers", str(self.args.workers), "--epochs", str(epochs)]
         cmd += ["--skip_eval", "--max_ckpt_save_num", str(keep_ckpts)]
         if seed is not None:
@@ -271,17 +284,15 @@ class Runner:
         """Evaluate ``ckpt`` with ``cfg_name`` on the val split of ``data_dir`` (default: the training data's) unless
         done: ``{latency_ms, result_dir, metrics}``."""
         data_dir = (data_dir or self.train_data).resolve()
-        set_cfgs = ["DATA_CONFIG.DATA_PATH", str(data_dir)]
-        cfg = stage_config(cfg_name, set_cfgs)
-        cmd = [sys.executable, "test.py", "--cfg_file", f"cfgs/kitti_models/{cfg_name}", "--ckpt", str(ckpt)]
+        set_cfgs = self.format.set_cfgs(data_dir)
+        cfg = stage_config(cfg_name, set_cfgs, self.format.cfg_dir)
+        cmd = [sys.executable, "test.py", "--cfg_file", f"cfgs/{self.format.cfg_dir}/{cfg_name}", "--ckpt", str(ckpt)]
         cmd += ["--extra_tag", ckpt.parents[1].name, "--eval_tag", name.replace("/", "_"), "--batch_size", "1"]
         cmd += ["--workers", str(self.args.workers), "--infer_time"]
         if self.args.output_root:
             cmd += ["--output_root", str(self.out_root)]
         cmd += ["--set", *set_cfgs]
-        meta_file = data_dir / "synthetic_meta.json"
-        data_meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        key = key_of("test", cfg, data_meta, cmd[1:], file_sha256(ckpt))
+        key = key_of("test", cfg, self.format.data_meta(data_dir), cmd[1:], file_sha256(ckpt))
         summary_file = self.job_dir / "eval" / f"{name}.json"
         if self.book.finished(f"test/{name}", key, summary_file):
             tqdm.write(f"[skip] test {name}: {summary_file} is up to date")

@@ -6,12 +6,14 @@ writes ``<out>/v1.0-mini/*.json`` (the 13 tables nuscenes-devkit loads), ``sampl
 and ``sweeps/LIDAR_TOP`` (the 9 sweeps between key frames, 20 Hz) as ``.pcd.bin`` (float32 x, y, z, intensity
 0-255, ring) and one ``maps/*.png`` per location. Scenes carry v1.0-mini's scene names, ordered so that the first
 two are one of the devkit's ``mini_train`` and one of its ``mini_val`` scenes: the devkit's own splits then apply.
-Every scene depends only on (seed, scene index).
+``--version v1.0-trainval --scenes N --val_scenes M`` names M scenes from the devkit's ``val`` split and N - M from
+its ``train`` split instead (larger sets, e.g. the KD benchmark's). Every scene depends only on (seed, scene index).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import math
@@ -96,19 +98,45 @@ def _static_tables(tables: _Tables) -> None:
         tables.add("visibility", token=level, level=description, description=f"visibility of whole object {level}")
 
 
-def _write_scene(out: Path, tables: _Tables, seed: int, index: int, num_samples: int) -> None:
+def scene_names(version: str, num_scenes: int, val_scenes: int | None = None) -> list[str]:
+    """The scenes' names, whose membership in the devkit's splits makes them train or val scenes. v1.0-mini: its
+    ten names (``val_scenes`` is fixed by them); v1.0-trainval: ``val_scenes`` names of the ``val`` split first, then
+    ``num_scenes - val_scenes`` of the ``train`` split."""
+    if version == "v1.0-mini":
+        if val_scenes is not None:
+            raise ValueError("v1.0-mini's scene names fix its val scenes: leave val_scenes unset")
+        if not 1 <= num_scenes <= len(MINI_SCENES):
+            raise ValueError(f"num_scenes must be 1..{len(MINI_SCENES)} (the v1.0-mini scene names), got {num_scenes}")
+        return list(MINI_SCENES[:num_scenes])
+    if version != "v1.0-trainval":
+        raise ValueError(f"version must be v1.0-mini or v1.0-trainval, got {version!r}")
+    from ..nuscenes.nuscenes_utils import require_devkit
+
+    require_devkit()
+    from nuscenes.utils import splits
+
+    val_scenes = max(1, round(0.15 * num_scenes)) if val_scenes is None else val_scenes
+    if not (0 <= val_scenes <= min(num_scenes, len(splits.val)) and num_scenes - val_scenes <= len(splits.train)):
+        raise ValueError(
+            f"{num_scenes} scenes with {val_scenes} val scenes do not fit v1.0-trainval's splits "
+            f"({len(splits.train)} train, {len(splits.val)} val)"
+        )
+    return list(splits.val[:val_scenes]) + list(splits.train[: num_scenes - val_scenes])
+
+
+def _write_scene(out: Path, tables: _Tables, seed: int, index: int, name: str, num_samples: int) -> None:
     rng = np.random.default_rng([seed, index])
     world_rng, sensor_rng = rng.spawn(2)
     seq: Sequence = build_sequence_with_all_classes(world_rng)
-    name = MINI_SCENES[index]
     location = LOCATIONS[index % len(LOCATIONS)]
-    log_name = f"n015-2018-07-{11 + index:02d}-11-22-45+0800"
+    date = datetime.date(2018, 7, 11) + datetime.timedelta(days=index)  # one log (drive) per scene
+    log_name = f"n015-{date.isoformat()}-11-22-45+0800"
     # world (the sensor frame at t = 0) → global: one rotation and offset per log
     g_yaw = float(world_rng.uniform(-math.pi, math.pi))
     g_offset = np.array([world_rng.uniform(300.0, 2000.0), world_rng.uniform(300.0, 2000.0)])
     log = tables.add(
         "log", token=token(seed, name, "log"), logfile=log_name, vehicle="n015",
-        date_captured=f"2018-07-{11 + index:02d}", location=location,
+        date_captured=date.isoformat(), location=location,
     )  # fmt: skip
     calib = tables.add(
         "calibrated_sensor", token=token(seed, name, "calib"), sensor_token=token("sensor", "LIDAR_TOP"),
@@ -197,10 +225,9 @@ def _link_instances(tables: _Tables, seed: int, scene_name: str, seq: Sequence, 
 
 
 def generate_nuscenes(out_dir: str | Path, num_scenes: int = 10, num_samples: int = 10, seed: int = 0,
-                      version: str = "v1.0-mini") -> Path:  # fmt: skip
+                      version: str = "v1.0-mini", val_scenes: int | None = None) -> Path:  # fmt: skip
     """Write the data set under ``out_dir`` and return its path."""
-    if not 1 <= num_scenes <= len(MINI_SCENES):
-        raise ValueError(f"num_scenes must be 1..{len(MINI_SCENES)} (the v1.0-mini scene names), got {num_scenes}")
+    names = scene_names(version, num_scenes, val_scenes)
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 (velocities need two key frames), got {num_samples}")
     out = Path(out_dir)
@@ -208,8 +235,8 @@ def generate_nuscenes(out_dir: str | Path, num_scenes: int = 10, num_samples: in
         (out / sub).mkdir(parents=True, exist_ok=True)
     tables = _Tables()
     _static_tables(tables)
-    for index in range(num_scenes):
-        _write_scene(out, tables, seed, index, num_samples)
+    for index, name in enumerate(names):
+        _write_scene(out, tables, seed, index, name, num_samples)
     for location in sorted({row["location"] for row in tables.rows["log"]}):
         map_token = token("map", location)
         filename = f"maps/{map_token}.png"
@@ -222,6 +249,7 @@ def generate_nuscenes(out_dir: str | Path, num_scenes: int = 10, num_samples: in
         "generator": "pcdet.datasets.synthetic.generate_nuscenes",
         "seed": seed,
         "scenes": num_scenes,
+        "scene_names": names,
         "samples_per_scene": num_samples,
         "version": version,
         "lidar_beams": len(NUSCENES_LIDAR.elevations),
@@ -232,14 +260,17 @@ def generate_nuscenes(out_dir: str | Path, num_scenes: int = 10, num_samples: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic data set in nuScenes' v1.0-mini layout")
+    parser = argparse.ArgumentParser(description="Write a synthetic data set in nuScenes' layout")
     parser.add_argument("--out", default="data/synthetic_nuscenes", help="output root (DATA_PATH of the config)")
-    parser.add_argument("--scenes", type=int, default=10, help="1-10 scenes (v1.0-mini's names; 2 of 10 are val)")
+    parser.add_argument(
+        "--scenes", type=int, default=10, help="v1.0-mini: 1-10 scenes (its names; 2 of 10 are val); v1.0-trainval: any"
+    )
+    parser.add_argument("--val_scenes", type=int, default=None, help="v1.0-trainval: how many are val scenes")
     parser.add_argument("--samples", type=int, default=10, help="key frames per scene (2 Hz)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--version", default="v1.0-mini", help="table folder name")
+    parser.add_argument("--version", default="v1.0-mini", choices=["v1.0-mini", "v1.0-trainval"], help="table folder")
     args = parser.parse_args(argv)
-    out = generate_nuscenes(args.out, args.scenes, args.samples, args.seed, args.version)
+    out = generate_nuscenes(args.out, args.scenes, args.samples, args.seed, args.version, args.val_scenes)
     print(f"wrote {args.scenes} scenes x {args.samples} samples to {out}")
 
 
