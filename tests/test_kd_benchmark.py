@@ -92,7 +92,7 @@ def test_each_family_has_its_configs_tag_and_page():
     with pytest.raises(SystemExit):  # a PointPillars-only row asked of PointRCNN
         kd_benchmark.parse_args(["--detector", "pointrcnn", "--runs", "at"])
     args = kd_benchmark.parse_args(["--detector", "centerpoint", "--seeds", "1"])
-    assert args.format.name == "nuscenes" and args.epochs == 10 and args.train_frames == 400
+    assert args.format.name == "nuscenes" and args.epochs == 1 and args.train_frames == 400
     assert Path(args.data_root).name == "synthetic_bench_nuscenes"
     assert Path(args.report).name == "BENCHMARK_CENTERPOINT.md"
     with pytest.raises(SystemExit):  # real KITTI has no nuScenes family
