@@ -103,7 +103,7 @@ class DataFormat:
         meta_file = data_dir / "synthetic_meta.json"
         return json.loads(meta_file.read_text()) if meta_file.exists() else {}
 
-    def prepare(self, root: Path, sizes: Sizes, teacher_cfg: str, with_test: bool) -> tuple[Path, Path, dict]:
+    def prepare(self, root: Path, sizes: Sizes, teacher_cfg: str, with_test: bool) -> tuple[Path, Path | None, dict]:
         """(trainval directory, test directory or None, the trainval data's meta), generating what is missing."""
         raise NotImplementedError
 
