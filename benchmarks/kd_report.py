@@ -210,7 +210,7 @@ def _data_line(args, iters: int) -> str:
     else:
         scenes, schedule = "", f"epochs ({iters} iterations at batch {args.batch_size or 4})"
     return (
-        f"Data: synthetic {args.format.name} format, train {args.train_frames} frames + dev {args.dev_frames} "
+        f"Data: synthetic {args.format.label}, train {args.train_frames} frames + dev {args.dev_frames} "
         f"(generator seed 1), test {args.test_frames} (seed 2){scenes}. Schedule: students {args.epochs} "
         f"{schedule}, teachers {args.teacher_epochs}; the rest as in tools/cfgs/{args.format.cfg_dir}/*_synthetic.yaml."
     )

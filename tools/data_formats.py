@@ -88,6 +88,7 @@ class Sizes:
 
 class DataFormat:
     name: str
+    label: str  # how a report names the synthetic data's format
     cfg_dir: str  # under tools/cfgs/
     metrics: MetricSet
     default_root: str  # the protocol data's folder under the repository
@@ -109,7 +110,7 @@ class DataFormat:
 
 
 class KittiFormat(DataFormat):
-    name, cfg_dir, metrics = "kitti", "kitti_models", KITTI_METRICS
+    name, label, cfg_dir, metrics = "kitti", "KITTI-format", "kitti_models", KITTI_METRICS
     default_root, sizes = "data/synthetic_bench", Sizes(800, 200, 500)
     data = (
         "synthetic KITTI-format (docs/SYNTHETIC.md), labelled in the detectors' BEV range. "
@@ -127,7 +128,7 @@ class KittiFormat(DataFormat):
 
 
 class NuScenesFormat(DataFormat):
-    name, cfg_dir, metrics = "nuscenes", "nuscenes_models", NUSCENES_METRICS
+    name, label, cfg_dir, metrics = "nuscenes", "nuScenes-layout", "nuscenes_models", NUSCENES_METRICS
     default_root, sizes = "data/synthetic_bench_nuscenes", Sizes(400, 100, 250)
     version = "v1.0-trainval"
     data = (
