@@ -91,7 +91,8 @@ def _pointrcnn() -> Family:
 
 
 # One class-balanced epoch: CBGS repeats a synthetic frame ~9 times (every frame holds nearly every class), so the
-# 400 train frames give 3700 samples, 925 iterations at batch 4 (~1.5 CPU-hours for the multi-head teacher).
+# 400 train frames give 3700 samples, 925 iterations at batch 4: ~1.8 CPU-hours for the multi-head teacher and ~2.7
+# for CenterPoint's (7.1 / 10.6 CPU s per step, docs/PERFORMANCE.md).
 NUSCENES_EPOCHS = 1
 
 

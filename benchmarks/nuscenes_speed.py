@@ -64,8 +64,13 @@ def measure(name: str, synthetic: str, root: Path, batch_size: int, iters: int) 
     test_set = synthetic_nuscenes_dataset(root, cfg.DATA_CONFIG, cfg.CLASS_NAMES, training=False)
     torch.manual_seed(0)
     model = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), train_set)
-    train_batch = load_data_to_gpu(train_set.collate_batch([train_set[i] for i in range(batch_size)]), "cpu")
-    test_batch = load_data_to_gpu(test_set.collate_batch([test_set[i] for i in range(batch_size)]), "cpu")
+    # A batch larger than the small set's split repeats its frames (the same point counts per frame).
+    train_batch = load_data_to_gpu(
+        train_set.collate_batch([train_set[i % len(train_set)] for i in range(batch_size)]), "cpu"
+    )
+    test_batch = load_data_to_gpu(
+        test_set.collate_batch([test_set[i % len(test_set)] for i in range(batch_size)]), "cpu"
+    )
 
     def train_step() -> None:
         model.train()
