@@ -265,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--scenes", type=int, default=10, help="v1.0-mini: 1-10 scenes (its names; 2 of 10 are val); v1.0-trainval: any"
     )
-    parser.add_argument("--val_scenes", type=int, default=None, help="v1.0-trainval: how many are val scenes")
+    parser.add_argument(
+        "--val_scenes", type=int, default=None, help="v1.0-trainval: how many are val scenes (default 15 %%)"
+    )
     parser.add_argument("--samples", type=int, default=10, help="key frames per scene (2 Hz)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", default="v1.0-mini", choices=["v1.0-mini", "v1.0-trainval"], help="table folder")
