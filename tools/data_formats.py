@@ -20,6 +20,8 @@ from pathlib import Path
 import stage_runner
 from tqdm import tqdm
 
+from pcdet.datasets.nuscenes import nuscenes_eval
+from pcdet.datasets.synthetic import GENERATOR_VERSION
 from pcdet.utils.checkpoint_io import atomic_write_bytes
 
 
@@ -51,7 +53,7 @@ KITTI_METRICS = MetricSet(
 )
 
 NUSCENES_CLASSES = ("car", "pedestrian", "bicycle", "traffic_cone")  # the table's per-class columns (of 10)
-NUSCENES_ERRORS = ("mATE", "mASE", "mAOE", "mAVE", "mAAE")
+NUSCENES_ERRORS = tuple(nuscenes_eval.TP_ERRORS.values())  # mATE ... mAAE, as format_metrics names them
 
 
 def nuscenes_metric_row(metrics: dict) -> dict:
@@ -160,8 +162,6 @@ class NuScenesFormat(DataFormat):
     def _prepare_one(self, data_dir: Path, seed: int, scenes: int, val_scenes: int, per_scene: int) -> dict:
         """Generate ``scenes`` scenes (``val_scenes`` of them val) and their infos + gt database, unless
         ``<version>/bench_ready.json`` (written last) says this directory holds exactly them."""
-        from pcdet.datasets.synthetic import GENERATOR_VERSION
-
         out = data_dir.resolve() / self.version
         want = {
             "generator_version": GENERATOR_VERSION,
