@@ -4,7 +4,7 @@
 
 Features: a trained teacher's pillar features on dev frames (the benchmark's seed-1 teacher by default: see
 ``kd_feature_probe.py`` for the layout), so the numbers hold for the features a KD step really sees. Timings:
-thread-CPU seconds, medians of ``--repeats``, one torch thread:
+thread-CPU seconds, medians of ``--repeats`` after a warm-up, one torch thread:
 
 - the whole ``knn_indices``, its distance matmul alone (the augmented 65 columns) and ``smallest_k`` over the block;
 - the same matmul with 17 columns: whether the matmul is bound by its arithmetic or by writing its block;
@@ -19,33 +19,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import torch
 from kd_feature_probe import REPO, final_ckpt, pillar_features
+from ops_speed import median_seconds
 
 from pcdet.models.kd import cpu_kernels, knn
 from pcdet.utils import common_utils
 
 
-def thread_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return sorted(times)[repeats // 2]
-
-
-def survivors(feats: torch.Tensor, queries: torch.Tensor, k: int, dims: int) -> float:
-    """Mean number of candidates per query whose projected lower bound is at most its true k-th distance."""
-    feats = feats.double()
-    exact = torch.cdist(feats[queries], feats).pow(2)
-    kth = exact.topk(k, dim=1, largest=False).values[:, -1:]
-    centred = feats - feats.mean(0)
-    _, vectors = torch.linalg.eigh(centred.t() @ centred)
-    basis = vectors[:, -dims:]  # eigh sorts ascending: the top directions are last
+def survivors(centred: torch.Tensor, kth: torch.Tensor, queries: torch.Tensor, basis: torch.Tensor) -> float:
+    """Mean number of candidates per query whose lower bound in the directions ``basis (C, d)`` is at most the
+    query's true k-th squared distance ``kth (Q, 1)``; ``centred``: the candidates (float64) less their mean."""
     projected = centred @ basis
     residual = (centred - projected @ basis.t()).norm(dim=1)
     bound = torch.cdist(projected[queries], projected).pow(2) + (residual[queries, None] - residual[None]).pow(2)
@@ -77,8 +63,7 @@ def main() -> None:
     order = torch.randperm(args.candidates, generator=torch.Generator().manual_seed(0))
     queries = cands[order[: args.queries]].contiguous()
     knn.knn_indices(queries, cands, args.k)  # numba compiles on first use
-    cand_aug = torch.cat([cands, cands.pow(2).sum(1, keepdim=True)], dim=1)
-    query_aug = torch.cat([-2.0 * queries, queries.new_ones(queries.shape[0], 1)], dim=1)
+    query_aug, cand_aug = knn.ranking_operands(queries, cands)
     block = query_aug @ cand_aug.t()
     out = torch.empty(queries.shape[0], args.k, dtype=torch.long)
     narrow = cand_aug.shape[1] // 4 + 1
@@ -94,15 +79,18 @@ def main() -> None:
     print(f"{args.queries} queries x {args.candidates} candidates x {cands.shape[1]} channels, k = {args.k}")
     print("| part | thread-CPU s |\n|---|---:|")
     for label, fn in rows:
-        print(f"| {label} | {thread_seconds(fn, args.repeats):.3f} |", flush=True)
+        print(f"| {label} | {median_seconds(fn, args.repeats)[1]:.3f} |", flush=True)
     bound_queries = order[: args.bound_queries]
     print(f"\ncandidates per query within the bound ({args.bound_queries} queries, {args.candidates} candidates)")
     print("| dims | variance share | candidates |\n|---:|---:|---:|")
     centred = cands.double() - cands.double().mean(0)
-    variances = torch.linalg.eigvalsh(centred.t() @ centred).flip(0)
+    kth = torch.cdist(centred[bound_queries], centred).pow(2).topk(args.k, dim=1, largest=False).values[:, -1:]
+    variances, vectors = torch.linalg.eigh(centred.t() @ centred)
+    variances, vectors = variances.flip(0), vectors.flip(1)  # eigh sorts ascending: the top directions first
     for dims in args.dims:
         share = float(variances[:dims].sum() / variances.sum())
-        print(f"| {dims} | {share:.3f} | {survivors(cands, bound_queries, args.k, dims):.0f} |", flush=True)
+        found = survivors(centred, kth, bound_queries, vectors[:, :dims])
+        print(f"| {dims} | {share:.3f} | {found:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,17 @@ from . import cpu_kernels
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
+def ranking_operands(queries: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(query_aug (N, C+1), cand_aug (M, C+1))`` whose product ranks each query's candidates by squared L2.
+
+    ||q - c||^2 = ||q||^2 - 2 q.c + ||c||^2; ||q||^2 is constant per row and does not change the ranking. The rest
+    is one matmul of [-2q, 1] with [c, ||c||^2] (a broadcast add would cost a pass over every block).
+    """
+    cand_aug = torch.cat([candidates, candidates.pow(2).sum(1, keepdim=True)], dim=1)
+    query_aug = torch.cat([-2.0 * queries, queries.new_ones(queries.shape[0], 1)], dim=1)
+    return query_aug, cand_aug
+
+
 def knn_indices(
     queries: torch.Tensor,
     candidates: torch.Tensor,
@@ -37,10 +48,7 @@ def knn_indices(
         raise ValueError(f"k={k} must be in [1, {num_cand}] (the number of candidates)")
     queries = queries.detach()
     candidates = candidates.detach()
-    # ||q - c||^2 = ||q||^2 - 2 q.c + ||c||^2; ||q||^2 is constant per row and does not change the ranking. The
-    # rest is one matmul of [-2q, 1] with [c, ||c||^2] (a broadcast add would cost a pass over every block).
-    cand_aug = torch.cat([candidates, candidates.pow(2).sum(1, keepdim=True)], dim=1)
-    query_aug = torch.cat([-2.0 * queries, queries.new_ones(queries.shape[0], 1)], dim=1)
+    query_aug, cand_aug = ranking_operands(queries, candidates)
     # Each chunk holds its (rows, M) distance block plus top-k's scratch of the same size.
     rows = max(1, int(max_chunk_bytes // (2 * num_cand * queries.element_size())))
     out = torch.empty((queries.shape[0], k), dtype=torch.long, device=queries.device)
