@@ -27,9 +27,11 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import data_formats  # noqa: E402  (tools/ is not a package; the stage runner and the data formats live there)
+import kd_record  # noqa: E402
 import kd_report  # noqa: E402
 import kd_runs  # noqa: E402
 import stage_runner  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from pcdet.utils.checkpoint_io import file_sha256  # noqa: E402
 
@@ -100,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / --parallel)")
     parser.add_argument("--extra_tag", type=str, default=None, help="default: bench (pointpillar), bench_<detector>")
     parser.add_argument("--output_root", type=str, default=None)
-    parser.add_argument("--fresh", action="store_true", help="ignore finished runs")
+    parser.add_argument("--fresh", action="store_true", help="ignore finished runs (stage book and results record)")
     parser.add_argument("--report", type=str, default=None, help="default: docs/BENCHMARK[_<DETECTOR>][_DEV].md")
     args = parser.parse_args(argv)
     args.family = kd_runs.FAMILIES[args.detector]
@@ -154,30 +156,91 @@ def tier(name: str, family: kd_runs.Family) -> int:
     return 0 if name in family.claim else 1 if name in family.core else 2
 
 
-def plan(args, runs: dict, runner: stage_runner.Runner, eval_dir: Path, split: str) -> list[stage_runner.Job]:
+_MACHINE_KEYS = ("ROOT_DIR", "LOCAL_RANK")  # where this checkout lies and which process: no part of a run's inputs
+
+
+def record_key(args, runs: dict, name: str, seed: int, data_meta: tuple[dict, dict], teacher_key: str | None) -> str:
+    """The results record's key of (run, seed): its path-free inputs (resolved train and eval configs, the training
+    and evaluation data's identity ``data_meta``, split, schedule, seed, batch size, workers) and, for a KD run, its
+    teacher's key."""
+    _, train_cfg, eval_cfg, _ = runs[name]
+    cfgs = []
+    for cfg_name in (train_cfg, eval_cfg):
+        cfg = stage_runner.stage_config(cfg_name, [], args.format.cfg_dir)
+        cfgs.append({k: v for k, v in cfg.items() if k not in _MACHINE_KEYS})
+    epochs = args.teacher_epochs if name == "teacher" else args.epochs
+    inputs = (*data_meta, args.split, seed, epochs, args.batch_size, args.workers, teacher_key)
+    return stage_runner.key_of("record", *cfgs, *inputs)
+
+
+def plan(
+    args,
+    runs: dict,
+    runner: stage_runner.Runner,
+    eval_dir: Path,
+    split: str,
+    record: kd_record.ResultsRecord | None = None,
+    code: str = "",
+) -> list[stage_runner.Job]:
     """One job per (run, seed): train (after the seed's teacher when distilled), then evaluate on ``eval_dir``.
 
     Jobs are listed by tier (claim rows, other core rows, studies), seed by seed within one. The curve runs keep
     every epoch checkpoint whatever the split, so that a later ``--curves`` finds them (and their stage keys, which
-    include the command, do not change)."""
+    include the command, do not change). With a ``record``, a job recorded with the same inputs returns its entry
+    without running; a recorded teacher still trains (from its checkpoint if this machine has it) when one of its
+    seed's KD runs has to."""
     teacher_ckpts: dict[int, Path] = {}
     jobs = []
+    data_meta = (runner.meta, args.format.data_meta(eval_dir.resolve())) if record is not None else ({}, {})
     for seed in args.seeds:
         tag = f"{args.extra_tag}_seed{seed}"
         names = ["teacher", *(r for r in args.runs if r != "teacher" and seeded(r, seed, args))]  # KD needs a teacher
+        keys: dict[str, str] = {}
+        recorded: dict[str, dict | None] = {}
+        if record is not None:
+            keys["teacher"] = record_key(args, runs, "teacher", seed, data_meta, None)
+            for name in names:
+                if name != "teacher":
+                    distilled = runs[name][3]
+                    keys[name] = record_key(args, runs, name, seed, data_meta, keys["teacher"] if distilled else None)
+            recorded = {name: record.get(f"{name}/seed{seed}", keys[name]) for name in names}
+        teacher_needed = any(runs[n][3] and recorded.get(n) is None for n in names)
         for name in names:
             _, train_cfg, eval_cfg, distilled = runs[name]
+            entry = recorded.get(name)
+            if entry is not None and (name != "teacher" or not teacher_needed):
 
-            def job(name=name, train_cfg=train_cfg, eval_cfg=eval_cfg, distilled=distilled, seed=seed, tag=tag) -> dict:
-                epochs = args.teacher_epochs if name == "teacher" else args.epochs
-                run_tag = f"{args.teacher_tag}_seed{seed}" if name == "teacher" else tag
-                keep = epochs if name in args.family.curves else 1
-                teacher = teacher_ckpts[seed] if distilled else None
-                ckpt, run_dir = runner.train(f"{name}/seed{seed}", train_cfg, run_tag, seed, teacher, epochs, keep)
-                if name == "teacher":
-                    teacher_ckpts[seed] = ckpt
-                summary = runner.test(f"{split}/{name}/seed{seed}", eval_cfg, ckpt, eval_dir)
-                return {"summary": summary, "run_dir": str(run_dir), "ckpt": str(ckpt)}
+                def job(entry=entry, name=name, seed=seed) -> dict:
+                    tqdm.write(f"[recorded] {name}/seed{seed}: {entry['code']}, {entry['finished']} ({entry['host']})")
+                    return entry | {"from_record": True}
+
+            else:
+
+                def job(
+                    name=name,
+                    train_cfg=train_cfg,
+                    eval_cfg=eval_cfg,
+                    distilled=distilled,
+                    seed=seed,
+                    tag=tag,
+                    key=keys.get(name),
+                ) -> dict:
+                    epochs = args.teacher_epochs if name == "teacher" else args.epochs
+                    run_tag = f"{args.teacher_tag}_seed{seed}" if name == "teacher" else tag
+                    keep = epochs if name in args.family.curves else 1
+                    teacher = teacher_ckpts[seed] if distilled else None
+                    ckpt, run_dir = runner.train(f"{name}/seed{seed}", train_cfg, run_tag, seed, teacher, epochs, keep)
+                    if name == "teacher":
+                        teacher_ckpts[seed] = ckpt
+                    summary = runner.test(f"{split}/{name}/seed{seed}", eval_cfg, ckpt, eval_dir)
+                    result = {"summary": summary, "run_dir": str(run_dir), "ckpt": str(ckpt)}
+                    result |= {"params": kd_report.count_parameters(ckpt), "ckpt_sha256": file_sha256(ckpt)}
+                    if record is None:
+                        return result
+                    teacher_sha = file_sha256(teacher) if teacher is not None else None
+                    entry = kd_record.entry_of(result, key, code, teacher_sha)
+                    record.put(f"{name}/seed{seed}", entry)
+                    return result | entry
 
             after = (f"teacher/seed{seed}",) if distilled else ()
             jobs.append(stage_runner.Job(f"{name}/seed{seed}", job, after))
@@ -242,9 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     runner = stage_runner.Runner(args, job_dir, train_dir, meta, threads=threads, data_format=args.format.name)
     runner.echo = args.parallel <= 1
     runner.show_progress = not runner.echo
-    jobs = plan(args, runs, runner, eval_dir, args.split)
+    code = kd_report.code_version()
+    # The curves evaluate every kept epoch checkpoint, which only a run trained on this machine has.
+    record = None if args.curves else kd_record.ResultsRecord(kd_record.record_path(Path(args.report)), args.fresh)
+    jobs = plan(args, runs, runner, eval_dir, args.split, record, code)
     context = kd_report.Context(
-        args=args, runs=runs, split=args.split, started=start, planned=len(jobs), code=kd_report.code_version()
+        args=args, runs=runs, split=args.split, started=start, planned=len(jobs), code=code, record=record
     )
     results: dict = {}
 

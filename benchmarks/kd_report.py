@@ -46,7 +46,9 @@ PROTOCOL = """## Protocol
 - **Metric**: {metric}; mean ± sample std over seeds; for distilled runs the seed-paired difference to the
   plain student of the same width, and whether its mean exceeds twice its sample std.
 - **Interruption**: every run is an ordinary train.py / test.py call recorded in a stage book; the same command
-  resumes (also across sessions) and skips what finished with the same inputs.
+  resumes (also across sessions) and skips what finished with the same inputs. Each finished row is also kept in
+  the page's results record (`<page>.results.json`, committed with the page), so a lost machine loses only the
+  unfinished runs (docs/RELIABILITY.md, rows 52-54).
 """
 
 
@@ -58,6 +60,7 @@ class Context:
     started: float
     planned: int  # (run, seed) jobs of this invocation
     code: str  # code_version() when the invocation started
+    record: object = None  # the kd_record.ResultsRecord the jobs read and fill, if any
 
 
 CODE_DIRS = ("pcdet", "tools", "benchmarks")
@@ -110,7 +113,7 @@ def _rows(context: Context, results: dict, name: str) -> dict[int, dict]:
         if run == name:
             rows[int(seed.removeprefix("seed"))] = metrics.row(result["summary"]["metrics"]) | {
                 "latency_ms": result["summary"].get("latency_ms"),
-                "ckpt": result["ckpt"],
+                "params": result["params"],
             }
     return rows
 
@@ -216,6 +219,35 @@ def _data_line(args, iters: int) -> str:
     )
 
 
+def _provenance(context: Context, results: dict, out_file: Path) -> list[str]:
+    """Where the rows come from: the code versions that produced them, the results record, and any distilled row
+    whose teacher checkpoint is not the one its seed's teacher row now holds (the teacher was trained again)."""
+    codes: dict[str, int] = {}
+    for result in results.values():
+        code = result.get("code", context.code)
+        codes[code] = codes.get(code, 0) + 1
+    lines = ["Code: " + "; ".join(f"{code} ({n} runs)" for code, n in sorted(codes.items())) + "."]
+    recorded = sorted(name for name, result in results.items() if result.get("from_record"))
+    if context.record is not None:
+        where = os.path.relpath(context.record.path, out_file.parent)
+        lines.append(
+            f"Every finished run is kept in the results record [{context.record.path.name}]({where}) (commit it with "
+            f"this page): the same command, on any machine, takes its rows as done. {len(recorded)} of these rows "
+            "come from it, finished by an earlier invocation."
+        )
+    stale = []
+    for name, result in sorted(results.items()):
+        teacher = results.get(f"teacher/{name.split('/')[1]}")
+        if result.get("teacher_sha256") and teacher and teacher.get("ckpt_sha256") != result["teacher_sha256"]:
+            stale.append(name)
+    if stale:
+        lines.append(
+            f"Distilled from an earlier checkpoint of their seed's teacher (it was trained again, to other bits): "
+            f"{', '.join(stale)}."
+        )
+    return lines
+
+
 def write_report(context: Context, results: dict, out_file: Path) -> str:
     args = context.args
     metrics = args.format.metrics
@@ -236,9 +268,10 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
         "## Results",
         "",
         f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {args.parallel} runs "
-        f"side by side; code: {context.code}; wall time of this invocation {wall:.0f} min. {_data_line(args, iters)} "
-        "Seed s: teacher trained with seed s, the seed-s students distil from it.",
+        f"side by side; code of this invocation: {context.code}; its wall time {wall:.0f} min. "
+        f"{_data_line(args, iters)} Seed s: teacher trained with seed s, the seed-s students distil from it.",
         "",
+        *(line for part in _provenance(context, results, out_file) for line in (part, "")),
         f"{metrics.describe} on the **{context.split}** split, mean ± sample std over the seeds a row holds. "
         "Latency: test.py --infer_time, batch 1, measured while another run shared the CPU (indicative only).",
         "",
@@ -250,7 +283,7 @@ def write_report(context: Context, results: dict, out_file: Path) -> str:
         if not rows:
             lines.append(f"| {context.runs[name][0]} | 0 | | | " + " | ".join("–" for _ in metrics.columns) + " |")
             continue
-        params = count_parameters(next(iter(rows.values()))["ckpt"]) / 1e6
+        params = next(iter(rows.values()))["params"] / 1e6
         latencies = [r["latency_ms"] for r in rows.values() if r["latency_ms"] is not None]
         latency = f"{statistics.median(latencies):.1f}" if latencies else "n/a"
         cells = " | ".join(mean_std([r[m] for r in rows.values()]) for m in metrics.columns)

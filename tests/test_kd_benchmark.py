@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import threading
@@ -148,6 +149,14 @@ def test_dev_runs_never_open_the_test_split_and_splits_are_disjoint(tmp_path):
     assert len(train) == 6 and len(dev_frames) == 4 and len(test_frames) == 4
     assert set(train).isdisjoint(dev_frames)
     assert len(set(train.values()) | set(dev_frames.values()) | set(test_frames.values())) == 14
+
+    # The machine is lost (output/ gone): the committed results record still holds the rows, nothing runs again.
+    shutil.rmtree(out)
+    again = subprocess.run(test_cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "train.py --cfg_file" not in again.stdout and "test.py --cfg_file" not in again.stdout
+    assert "| 4x student | 1 | 1.22 |" in (tmp_path / "test.md").read_text()
+    assert (tmp_path / "test.results.json").is_file() and (tmp_path / "dev.results.json").is_file()
 
 
 KITTI_REAL = REPO.parent / "shared" / "data" / "kitti_real"
