@@ -62,6 +62,12 @@ def _run(args, eval_dir: Path, runner: FakeRunner, record: kd_record.ResultsReco
     return {name: job.result for name, job in run_jobs(jobs, parallel=1).items()}
 
 
+def _page(args, results: dict, path: Path) -> str:
+    runs = kd_benchmark.runs_for("synthetic", args.family)
+    context = kd_report.Context(args, runs, "test", 0.0, len(results), "commit new", kd_record.ResultsRecord(path))
+    return kd_report.write_report(context, results, Path(args.report))
+
+
 @pytest.fixture(autouse=True)
 def _in_tools(monkeypatch):
     monkeypatch.chdir(REPO / "tools")  # configs resolve relative to tools/, as kd_benchmark.main runs them
@@ -90,11 +96,7 @@ def test_a_lost_machine_keeps_its_rows_and_a_new_one_trains_nothing(tmp_path, mo
     assert {n: r["summary"]["metrics"] for n, r in again.items()} == {
         n: r["summary"]["metrics"] for n, r in results.items()
     }
-    context = kd_report.Context(
-        args=args2, runs=kd_benchmark.runs_for("synthetic", args2.family), split="test", started=0.0, planned=3,
-        code="commit new", record=kd_record.ResultsRecord(path),
-    )  # fmt: skip
-    page = kd_report.write_report(context, again, Path(args2.report))
+    page = _page(args2, again, path)
     assert "6 of these rows come from it" in page and "commit test (6 runs)" in page
     assert "| 4x student | 2 | 0.00 | 5.0 | 60.00 ± 0.00 | 60.00 ± 0.00 |" in page
     assert "earlier checkpoint" not in page
@@ -133,11 +135,7 @@ def test_a_teacher_trained_again_to_other_bits_is_named_in_the_report(tmp_path):
     path = kd_record.record_path(Path(args.report))
     results = _run(args, eval_dir, FakeRunner(tmp_path / "machine1"), kd_record.ResultsRecord(path))
     results["pd_frozen/seed1"] = results["pd_frozen/seed1"] | {"teacher_sha256": "0" * 64}
-    context = kd_report.Context(
-        args=args, runs=kd_benchmark.runs_for("synthetic", args.family), split="test", started=0.0, planned=3,
-        code="commit test", record=kd_record.ResultsRecord(path),
-    )  # fmt: skip
-    page = kd_report.write_report(context, results, Path(args.report))
+    page = _page(args, results, path)
     assert "earlier checkpoint of their seed's teacher" in page and "pd_frozen/seed1" in page
 
 
