@@ -237,9 +237,12 @@ def plan(
                     result |= {"params": kd_report.count_parameters(ckpt), "ckpt_sha256": file_sha256(ckpt)}
                     if record is None:
                         return result
-                    teacher_sha = file_sha256(teacher) if teacher is not None else None
-                    entry = kd_record.entry_of(result, key, code, teacher_sha)
-                    record.put(f"{name}/seed{seed}", entry)
+                    # A recorded run whose checkpoint this machine still holds keeps its entry (and its provenance).
+                    entry = record.get(f"{name}/seed{seed}", key)
+                    if entry is None or entry["ckpt_sha256"] != result["ckpt_sha256"]:
+                        teacher_sha = file_sha256(teacher) if teacher is not None else None
+                        entry = kd_record.entry_of(result, key, code, teacher_sha)
+                        record.put(f"{name}/seed{seed}", entry)
                     return result | entry
 
             after = (f"teacher/seed{seed}",) if distilled else ()

@@ -120,6 +120,14 @@ def test_a_kd_row_to_train_brings_back_its_teacher_and_other_inputs_miss(tmp_pat
     assert entries["teacher/seed1"]["ckpt_sha256"] != old_teacher_sha
     assert entries["pd_frozen/seed1"]["teacher_sha256"] == entries["teacher/seed1"]["ckpt_sha256"]
 
+    # The first machine again: its teacher checkpoint is unchanged, so the entry (and when it was made) stays.
+    runner = FakeRunner(tmp_path / "machine1")
+    del entries["pd_frozen/seed2"]
+    path.write_text(json.dumps(entries))
+    _run(args, eval_dir, runner, kd_record.ResultsRecord(path))
+    assert sorted(runner.trained) == ["pd_frozen/seed2", "teacher/seed2"]  # the fake runner trains without a book
+    assert json.loads(path.read_text())["teacher/seed2"] == entries["teacher/seed2"]
+
     # Other inputs (a schedule, the test data) miss the record; --fresh ignores it but keeps what it does not redo.
     for extra in (("--epochs", "8"), (), ("--fresh",)):
         other_args, other_eval = _invocation(tmp_path, data_name="test2", extra=extra)
