@@ -20,7 +20,7 @@ from pathlib import Path
 import _init_path  # noqa: F401  (repo root on sys.path)
 import torch
 from eval_utils.eval_utils import eval_single_ckpt, repeat_eval_ckpt
-from train_utils.dist_launch import init_distributed
+from train_utils.dist_launch import finish_distributed, init_distributed
 from train_utils.experiment import (
     ToolError,
     add_fused_inference_flag,
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             eval_single_ckpt(cfg, model, test_loader, args, eval_output_dir, logger, epoch_id, dist_test=dist_test)
     if dist_test:
-        torch.distributed.destroy_process_group()
+        finish_distributed()
 
 
 if __name__ == "__main__":

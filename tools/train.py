@@ -21,7 +21,7 @@ import _init_path  # noqa: F401  (repo root on sys.path)
 import torch
 from eval_utils.eval_utils import repeat_eval_ckpt
 from tensorboardX import SummaryWriter
-from train_utils.dist_launch import init_distributed
+from train_utils.dist_launch import finish_distributed, init_distributed
 from train_utils.experiment import (
     ToolError,
     add_fused_inference_flag,
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.skip_eval:
         if dist_train:
-            torch.distributed.destroy_process_group()
+            finish_distributed()
         return
     # A distilled run is evaluated as what it ships: the plain student detector.
     eval_model = unwrap_model(model)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     logger.info(f"********** End evaluation {cfg.EXP_GROUP_PATH}/{cfg.TAG}({args.extra_tag}) **********")
     if dist_train:
-        torch.distributed.destroy_process_group()
+        finish_distributed()
 
 
 if __name__ == "__main__":

@@ -102,3 +102,10 @@ def init_distributed(
         raise ValueError(f"--dist_timeout must be a positive number of seconds, got {timeout_s}")
     world_size, rank = LAUNCHERS[launcher](tcp_port, local_rank, timeout_s=timeout_s)
     return True, world_size, rank
+
+
+def finish_distributed() -> None:
+    """Leave the process group together: every rank waits for the others, then destroys its group. A rank that tore
+    its gloo group down while rank 0 was still saving a checkpoint once aborted at exit (std::terminate) in CI."""
+    dist.barrier()
+    dist.destroy_process_group()
