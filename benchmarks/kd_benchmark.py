@@ -17,6 +17,7 @@ finished evaluation.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -159,15 +160,19 @@ def tier(name: str, family: kd_runs.Family) -> int:
 _MACHINE_KEYS = ("ROOT_DIR", "LOCAL_RANK")  # where this checkout lies and which process: no part of a run's inputs
 
 
+@functools.cache
+def _path_free_config(cfg_name: str, cfg_dir: str) -> dict:
+    """A config as resolved for a stage, without where this checkout lies (read once per invocation; not mutated)."""
+    cfg = stage_runner.stage_config(cfg_name, [], cfg_dir)
+    return {k: v for k, v in cfg.items() if k not in _MACHINE_KEYS}
+
+
 def record_key(args, runs: dict, name: str, seed: int, data_meta: tuple[dict, dict], teacher_key: str | None) -> str:
     """The results record's key of (run, seed): its path-free inputs (resolved train and eval configs, the training
     and evaluation data's identity ``data_meta``, split, schedule, seed, batch size, workers) and, for a KD run, its
     teacher's key."""
     _, train_cfg, eval_cfg, _ = runs[name]
-    cfgs = []
-    for cfg_name in (train_cfg, eval_cfg):
-        cfg = stage_runner.stage_config(cfg_name, [], args.format.cfg_dir)
-        cfgs.append({k: v for k, v in cfg.items() if k not in _MACHINE_KEYS})
+    cfgs = [_path_free_config(cfg_name, args.format.cfg_dir) for cfg_name in (train_cfg, eval_cfg)]
     epochs = args.teacher_epochs if name == "teacher" else args.epochs
     inputs = (*data_meta, args.split, seed, epochs, args.batch_size, args.workers, teacher_key)
     return stage_runner.key_of("record", *cfgs, *inputs)
@@ -198,11 +203,8 @@ def plan(
         keys: dict[str, str] = {}
         recorded: dict[str, dict | None] = {}
         if record is not None:
-            keys["teacher"] = record_key(args, runs, "teacher", seed, data_meta, None)
-            for name in names:
-                if name != "teacher":
-                    distilled = runs[name][3]
-                    keys[name] = record_key(args, runs, name, seed, data_meta, keys["teacher"] if distilled else None)
+            teacher_key = record_key(args, runs, "teacher", seed, data_meta, None)
+            keys = {n: record_key(args, runs, n, seed, data_meta, teacher_key if runs[n][3] else None) for n in names}
             recorded = {name: record.get(f"{name}/seed{seed}", keys[name]) for name in names}
         teacher_needed = any(runs[n][3] and recorded.get(n) is None for n in names)
         for name in names:

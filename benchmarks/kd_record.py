@@ -47,8 +47,9 @@ class ResultsRecord:
 
     def __init__(self, path: Path, fresh: bool = False) -> None:
         self.path = path
+        self.fresh = fresh  # ignore the entries when reading, keep them when writing (a fresh run redoes, not erases)
         self.entries: dict[str, dict] = {}
-        if path.exists() and not fresh:
+        if path.exists():
             try:
                 self.entries = json.loads(path.read_text())
             except json.JSONDecodeError as err:
@@ -57,7 +58,7 @@ class ResultsRecord:
 
     def get(self, job: str, key: str) -> dict | None:
         """The entry of ``job`` if it was recorded with these inputs, else None."""
-        entry = self.entries.get(job)
+        entry = None if self.fresh else self.entries.get(job)
         return entry if entry is not None and entry.get("key") == key else None
 
     def put(self, job: str, entry: dict) -> None:

@@ -137,6 +137,15 @@ def test_a_kd_row_to_train_brings_back_its_teacher_and_other_inputs_miss(tmp_pat
         _run(other_args, other_eval, runner, kd_record.ResultsRecord(path, fresh="--fresh" in extra))
         assert sorted(runner.trained) == ROWS, extra
 
+    # --fresh over some rows redoes those and keeps the others' entries.
+    before = json.loads(path.read_text())
+    fresh_args, fresh_eval = _invocation(tmp_path, extra=("--fresh", "--runs", "teacher", "4x"))
+    runner = FakeRunner(tmp_path / "machine4")
+    _run(fresh_args, fresh_eval, runner, kd_record.ResultsRecord(path, fresh=True))
+    assert sorted(runner.trained) == ["4x/seed1", "4x/seed2", "teacher/seed1", "teacher/seed2"]
+    after = json.loads(path.read_text())
+    assert all(after[f"pd_frozen/seed{seed}"] == before[f"pd_frozen/seed{seed}"] for seed in SEEDS)
+
 
 def test_a_teacher_trained_again_to_other_bits_is_named_in_the_report(tmp_path):
     args, eval_dir = _invocation(tmp_path)
